@@ -1,0 +1,138 @@
+//! `wesam bench`: wall time and peak memory of the encoder's passes, one pass per process, so
+//! that `scripts/compare_encoder.py` can put them beside PyTorch's measured the same way.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::device::DeviceKind;
+use crate::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
+
+/// Which pass to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pass {
+    /// Encoder forward without any autograd graph (the anchor / inference).
+    Forward,
+    /// Encoder forward and backward with LoRA on q and v; loss = mean of squared embeddings.
+    LoraBackward,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "vit-b")]
+    model_type: ModelType,
+    /// Model input size (position tables interpolated when not the checkpoint's 1024).
+    #[arg(long, default_value_t = 1024)]
+    image_size: usize,
+    #[arg(long, value_enum)]
+    pass: Pass,
+    /// Timed repetitions after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceKind,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    #[serde(rename = "impl")]
+    impl_: &'static str,
+    model_type: &'static str,
+    image_size: usize,
+    pass: Pass,
+    seconds: f64,
+    peak_rss_mb: f64,
+    base_rss_mb: f64,
+}
+
+/// A field of `/proc/self/status` in MiB (Linux only; 0 elsewhere).
+fn proc_status_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Resets the kernel's peak-RSS counter, so the peak measures the pass alone.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let dev = a.device.open()?;
+    let config = SamConfig::official(a.model_type);
+    let sam = Sam::random(&config, Some(a.image_size), 0, &dev)?;
+    let lora = Lora::new(&config, &LoraConfig::default(), &dev)?;
+    let x = Tensor::randn(0f32, 1.0, (1, 3, a.image_size, a.image_size), &dev)?;
+    let run_once = || -> anyhow::Result<()> {
+        match a.pass {
+            Pass::Forward => {
+                sam.encode(&x, None)?
+                    .sum_all()?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?;
+            }
+            Pass::LoraBackward => {
+                let e = sam.encode(&x, Some(&lora))?;
+                let grads = e.sqr()?.mean_all()?.backward()?;
+                let (_, v) = lora
+                    .named_vars()
+                    .into_iter()
+                    .next()
+                    .context("no LoRA tensors")?;
+                grads
+                    .get(v.as_tensor())
+                    .context("LoRA tensor received no gradient")?;
+            }
+        }
+        dev.synchronize()?;
+        Ok(())
+    };
+    // The peak covers the warm-up too: memory freed by a first pass may stay with the allocator,
+    // and a base taken after it would hide that pass's footprint.
+    let base = proc_status_mb("VmRSS:");
+    reset_peak_rss();
+    run_once()?; // warm-up
+    let mut times = Vec::with_capacity(a.repeat);
+    for _ in 0..a.repeat.max(1) {
+        let t = Instant::now();
+        run_once()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let report = BenchReport {
+        impl_: "wesam-candle",
+        model_type: a.model_type.name(),
+        image_size: a.image_size,
+        pass: a.pass,
+        seconds: times[times.len() / 2],
+        peak_rss_mb: (proc_status_mb("VmHWM:") - base).max(0.0),
+        base_rss_mb: base,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} {} @{}: {:?} {:.2} s, peak {:.0} MiB over a base of {:.0} MiB",
+            report.impl_,
+            report.model_type,
+            report.image_size,
+            report.pass,
+            report.seconds,
+            report.peak_rss_mb,
+            base
+        );
+    }
+    Ok(())
+}

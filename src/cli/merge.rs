@@ -1,0 +1,35 @@
+//! `wesam merge`: base checkpoint + adapter -> full weights any SAM loader reads.
+
+use std::path::PathBuf;
+
+use crate::device::DeviceKind;
+use crate::model::{Lora, ModelType, Sam};
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// Base SAM checkpoint (.pth, safetensors or HuggingFace safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The model type; detected from the checkpoint when not given.
+    #[arg(long)]
+    model_type: Option<ModelType>,
+    /// LoRA adapter written by wesam.
+    #[arg(long)]
+    lora: PathBuf,
+    /// Output safetensors (official key names, configuration in the metadata).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: MergeArgs) -> anyhow::Result<()> {
+    let dev = DeviceKind::Cpu.open()?;
+    let sam = Sam::load(&a.checkpoint, a.model_type, None, &dev)?;
+    let lora = Lora::load(&a.lora, &sam.config, &dev)?;
+    sam.save(&a.out, Some(&lora))?;
+    eprintln!(
+        "wrote {} ({} adapter tensors merged)",
+        a.out.display(),
+        lora.named_vars().len()
+    );
+    Ok(())
+}

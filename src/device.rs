@@ -1,0 +1,41 @@
+//! Choosing the compute device from the command line.
+
+use anyhow::bail;
+use candle_core::Device;
+
+/// A device the user can ask for; CUDA and Metal need the matching cargo feature.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl DeviceKind {
+    /// Opens the device, or explains which build feature is missing.
+    pub fn open(self) -> anyhow::Result<Device> {
+        match self {
+            DeviceKind::Cpu => Ok(Device::Cpu),
+            DeviceKind::Cuda if cfg!(feature = "cuda") => Ok(Device::new_cuda(0)?),
+            DeviceKind::Metal if cfg!(feature = "metal") => Ok(Device::new_metal(0)?),
+            DeviceKind::Cuda => {
+                bail!("this wesam was built without CUDA: rebuild with `--features cuda`")
+            }
+            DeviceKind::Metal => {
+                bail!("this wesam was built without Metal: rebuild with `--features metal`")
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The Segment Anything model, trainable in candle, split as the official code is:
+//! [`image_encoder`], [`prompt_encoder`], [`mask_decoder`] and its [`transformer`], built from a
+//! [`config::SamConfig`] (the official registry's `vit_b`/`vit_l`/`vit_h` or any smaller one).
+//! [`lora`] holds the trainable adapters, [`checkpoint`] the file formats, [`transforms`] the
+//! pre- and post-processing of images and prompts.
+
+pub mod attention;
+pub mod checkpoint;
+pub mod config;
+pub mod hf;
+pub mod image_encoder;
+pub mod lora;
+pub mod mask_decoder;
+pub mod ops;
+pub mod prompt_encoder;
+pub mod transformer;
+pub mod transforms;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+pub use checkpoint::StateDict;
+pub use config::{ModelType, SamConfig};
+pub use lora::{Lora, LoraConfig};
+pub use prompt_encoder::Prompts;
+
+use image_encoder::ImageEncoder;
+use mask_decoder::MaskDecoder;
+use prompt_encoder::PromptEncoder;
+
+/// A SAM model: its three parts, its configuration and the state dict it was built from.
+pub struct Sam {
+    pub config: SamConfig,
+    pub image_encoder: ImageEncoder,
+    pub prompt_encoder: PromptEncoder,
+    pub mask_decoder: MaskDecoder,
+    /// Side of the square input the model runs at (the checkpoint's `image_size` unless
+    /// overridden; position tables are then interpolated).
+    pub input_size: usize,
+    /// The weights under their official names and checkpoint shapes, for saving.
+    pub weights: HashMap<String, Tensor>,
+}
+
+impl Sam {
+    /// Builds the model from a VarBuilder whose names are the official checkpoint keys.
+    pub fn new(config: &SamConfig, input_size: Option<usize>, vb: VarBuilder) -> Result<Self> {
+        let input_size = input_size.unwrap_or(config.image_size);
+        if input_size % config.vit_patch_size != 0 {
+            candle_core::bail!(
+                "image size {input_size} is not a multiple of the patch size {}",
+                config.vit_patch_size
+            );
+        }
+        Ok(Self {
+            config: config.clone(),
+            image_encoder: ImageEncoder::new(config, vb.pp("image_encoder"))?,
+            prompt_encoder: PromptEncoder::new(config, vb.pp("prompt_encoder"))?,
+            mask_decoder: MaskDecoder::new(config, vb.pp("mask_decoder"))?,
+            input_size,
+            weights: HashMap::new(),
+        })
+    }
+
+    /// Builds the model from a loaded state dict, reporting every key or shape problem.
+    pub fn from_state_dict(
+        state: StateDict,
+        model_type: Option<ModelType>,
+        input_size: Option<usize>,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        let config = state.resolve_config(model_type)?;
+        config
+            .validate()
+            .with_context(|| format!("{}", state.path.display()))?;
+        let mut sam =
+            checkpoint::build_checked(&state, dev, |vb| Self::new(&config, input_size, vb))?;
+        sam.weights = state.tensors;
+        Ok(sam)
+    }
+
+    /// Loads a checkpoint file (`.pth`, safetensors, or HuggingFace safetensors).
+    pub fn load(
+        path: &Path,
+        model_type: Option<ModelType>,
+        input_size: Option<usize>,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        Self::from_state_dict(StateDict::load(path, dev)?, model_type, input_size, dev)
+    }
+
+    /// A model with random weights, for tests, demos and training from scratch.
+    pub fn random(
+        config: &SamConfig,
+        input_size: Option<usize>,
+        seed: u64,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        let weights = checkpoint::random_state_dict(config, seed, dev)?;
+        let state = StateDict {
+            tensors: weights,
+            config: Some(config.clone()),
+            path: "<random>".into(),
+        };
+        Self::from_state_dict(state, None, input_size, dev)
+    }
+
+    /// Side of the image-embedding grid at the current input size.
+    pub fn embedding_size(&self) -> usize {
+        self.input_size / self.config.vit_patch_size
+    }
+
+    /// Image embeddings `[B, C, h, w]` of a preprocessed `[B, 3, S, S]` batch; with `lora` its
+    /// adapters are applied, without it this is the frozen base model (the anchor).
+    pub fn encode(&self, images: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        self.image_encoder.forward(images, lora)
+    }
+
+    /// Decodes the prompts of one image: `embedding` is `[1, C, h, w]`; returns low-resolution
+    /// logits `[n, k, 4h, 4w]` and predicted IoUs `[n, k]`.
+    pub fn decode(
+        &self,
+        embedding: &Tensor,
+        prompts: &Prompts,
+        multimask: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (_, _, h, w) = embedding.dims4()?;
+        let (sparse, dense) =
+            self.prompt_encoder
+                .forward(prompts, (self.input_size, self.input_size), (h, w))?;
+        let pe = self.prompt_encoder.dense_pe(h, w)?;
+        self.mask_decoder
+            .forward(embedding, &pe, &sparse, &dense, multimask)
+    }
+
+    /// The state dict with `lora` folded in (or the base weights without it).
+    pub fn merged_weights(&self, lora: Option<&Lora>) -> anyhow::Result<HashMap<String, Tensor>> {
+        let mut w = self.weights.clone();
+        if let Some(l) = lora {
+            l.merge_into(&mut w)?;
+        }
+        Ok(w)
+    }
+
+    /// Saves the (merged) weights as safetensors with official names and the configuration in
+    /// the `wesam.config` metadata, loadable by the official `Sam` with `strict=True`.
+    pub fn save(&self, path: &Path, lora: Option<&Lora>) -> anyhow::Result<()> {
+        let mut tensors: Vec<_> = self.merged_weights(lora)?.into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let meta = HashMap::from([(
+            checkpoint::CONFIG_METADATA_KEY.to_string(),
+            serde_json::to_string(&self.config)?,
+        )]);
+        checkpoint::write_safetensors(path, &tensors, meta)
+    }
+}

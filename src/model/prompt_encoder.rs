@@ -1,0 +1,213 @@
+//! SAM's prompt encoder (`PromptEncoder`): points, boxes and a mask input turned into sparse and
+//! dense embeddings, with the random Fourier positional encoding (`PositionEmbeddingRandom`).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::SamConfig;
+use super::image_encoder::{Conv2d, Norm};
+use super::ops;
+
+/// Random Fourier features of normalised coordinates (`PositionEmbeddingRandom`).
+#[derive(Debug, Clone)]
+pub struct PositionEmbedding {
+    gaussian: Tensor,
+}
+
+impl PositionEmbedding {
+    fn new(num_feats: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            gaussian: vb.get((2, num_feats), "positional_encoding_gaussian_matrix")?,
+        })
+    }
+
+    /// `coords` in [0, 1], shape `[..., 2]` -> `[..., 2 * num_feats]`.
+    fn encode(&self, coords: &Tensor) -> Result<Tensor> {
+        let coords = ((coords * 2.0)? - 1.0)?;
+        let dims = coords.dims().to_vec();
+        let flat = coords
+            .reshape((coords.elem_count() / 2, 2))?
+            .matmul(&self.gaussian)?;
+        let flat = (flat * (2.0 * std::f64::consts::PI))?;
+        let enc = Tensor::cat(&[&flat.sin()?, &flat.cos()?], D::Minus1)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = enc.dim(1)?;
+        enc.reshape(out)
+    }
+
+    /// Dense positional encoding `[1, C, h, w]` of an `h x w` grid of cell centres.
+    pub fn dense(&self, h: usize, w: usize) -> Result<Tensor> {
+        let dev = self.gaussian.device();
+        let ys: Vec<f32> = (0..h).map(|i| (i as f32 + 0.5) / h as f32).collect();
+        let xs: Vec<f32> = (0..w).map(|j| (j as f32 + 0.5) / w as f32).collect();
+        let grid: Vec<f32> = ys
+            .iter()
+            .flat_map(|&y| xs.iter().flat_map(move |&x| [x, y]))
+            .collect();
+        let pe = self.encode(&Tensor::from_vec(grid, (h, w, 2), dev)?)?;
+        pe.permute((2, 0, 1))?.unsqueeze(0)
+    }
+
+    /// Encodes pixel coordinates `[..., 2]` (x, y) of an image of size `(h, w)`.
+    fn encode_pixels(&self, coords: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        let scale = Tensor::new(&[1.0 / w as f32, 1.0 / h as f32], coords.device())?;
+        self.encode(&coords.broadcast_mul(&scale)?)
+    }
+}
+
+/// The prompts of one image: `n` instances, each with any of points, a box and a mask input.
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    /// `([n, k, 2]` (x, y) in input-frame pixels, `[n, k]` labels: 1 positive, 0 negative,
+    /// -1 padding).
+    pub points: Option<(Tensor, Tensor)>,
+    /// `[n, 4]` xyxy in input-frame pixels.
+    pub boxes: Option<Tensor>,
+    /// `[n, 1, 4h, 4w]` low-resolution mask logits.
+    pub masks: Option<Tensor>,
+}
+
+impl Prompts {
+    /// Number of instances, from whichever prompt is present.
+    pub fn len(&self) -> Result<usize> {
+        if let Some((p, _)) = &self.points {
+            return p.dim(0);
+        }
+        if let Some(b) = &self.boxes {
+            return b.dim(0);
+        }
+        match &self.masks {
+            Some(m) => m.dim(0),
+            None => Ok(1),
+        }
+    }
+
+    /// True when no instance is prompted.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// `PromptEncoder`.
+#[derive(Debug, Clone)]
+pub struct PromptEncoder {
+    pe: PositionEmbedding,
+    /// negative point, positive point, box top-left, box bottom-right.
+    point_embeddings: [Tensor; 4],
+    not_a_point: Tensor,
+    no_mask: Tensor,
+    mask_conv1: Conv2d,
+    mask_norm1: Norm,
+    mask_conv2: Conv2d,
+    mask_norm2: Norm,
+    mask_conv3: Conv2d,
+    embed_dim: usize,
+}
+
+impl PromptEncoder {
+    pub fn new(cfg: &SamConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.prompt_embed_dim;
+        let mc = cfg.mask_in_chans;
+        let pe = |i: usize| vb.get((1, d), &format!("point_embeddings.{i}.weight"));
+        let mvb = vb.pp("mask_downscaling");
+        Ok(Self {
+            pe: PositionEmbedding::new(d / 2, vb.pp("pe_layer"))?,
+            point_embeddings: [pe(0)?, pe(1)?, pe(2)?, pe(3)?],
+            not_a_point: vb.get((1, d), "not_a_point_embed.weight")?,
+            no_mask: vb.get((1, d), "no_mask_embed.weight")?,
+            mask_conv1: Conv2d::new((1, mc / 4, 2), (2, 0, true), mvb.pp("0"))?,
+            mask_norm1: Norm::new(mc / 4, 1e-6, mvb.pp("1"))?,
+            mask_conv2: Conv2d::new((mc / 4, mc, 2), (2, 0, true), mvb.pp("3"))?,
+            mask_norm2: Norm::new(mc, 1e-6, mvb.pp("4"))?,
+            mask_conv3: Conv2d::new((mc, d, 1), (1, 0, true), mvb.pp("6"))?,
+            embed_dim: d,
+        })
+    }
+
+    /// `get_dense_pe`: the positional encoding of the image-embedding grid.
+    pub fn dense_pe(&self, h: usize, w: usize) -> Result<Tensor> {
+        self.pe.dense(h, w)
+    }
+
+    fn embed_points(
+        &self,
+        coords: &Tensor,
+        labels: &Tensor,
+        pad: bool,
+        input_hw: (usize, usize),
+    ) -> Result<Tensor> {
+        let coords = (coords.to_dtype(DType::F32)? + 0.5)?;
+        let mut labels = labels.to_dtype(DType::F32)?;
+        let mut coords = coords;
+        if pad {
+            let n = coords.dim(0)?;
+            coords = Tensor::cat(
+                &[
+                    &coords,
+                    &Tensor::zeros((n, 1, 2), DType::F32, coords.device())?,
+                ],
+                1,
+            )?;
+            labels = Tensor::cat(
+                &[
+                    &labels,
+                    &(Tensor::ones((n, 1), DType::F32, coords.device())? * -1.0)?,
+                ],
+                1,
+            )?;
+        }
+        let emb = self.pe.encode_pixels(&coords, input_hw)?;
+        let is = |v: f64| -> Result<Tensor> { labels.eq(v)?.to_dtype(DType::F32)?.unsqueeze(2) };
+        let (pad_m, neg_m, pos_m) = (is(-1.0)?, is(0.0)?, is(1.0)?);
+        let keep = (1.0 - &pad_m)?;
+        emb.broadcast_mul(&keep)?
+            .add(&pad_m.broadcast_mul(&self.not_a_point)?)?
+            .add(&neg_m.broadcast_mul(&self.point_embeddings[0])?)?
+            .add(&pos_m.broadcast_mul(&self.point_embeddings[1])?)
+    }
+
+    fn embed_boxes(&self, boxes: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+        let n = boxes.dim(0)?;
+        let corners = (boxes.to_dtype(DType::F32)? + 0.5)?.reshape((n, 2, 2))?;
+        let emb = self.pe.encode_pixels(&corners, input_hw)?;
+        let corner_embed = Tensor::cat(&[&self.point_embeddings[2], &self.point_embeddings[3]], 0)?;
+        emb.broadcast_add(&corner_embed)
+    }
+
+    fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
+        let x = self.mask_conv1.forward(masks)?;
+        let x = ops::gelu(&self.mask_norm1.forward_2d(&x)?)?;
+        let x = self.mask_conv2.forward(&x)?;
+        let x = ops::gelu(&self.mask_norm2.forward_2d(&x)?)?;
+        self.mask_conv3.forward(&x)
+    }
+
+    /// Sparse `[n, k, C]` and dense `[n, C, h, w]` embeddings of the prompts, for an input frame
+    /// of `input_hw` pixels and an `embed_hw` image-embedding grid.
+    pub fn forward(
+        &self,
+        prompts: &Prompts,
+        input_hw: (usize, usize),
+        embed_hw: (usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        let n = prompts.len()?;
+        let dev = self.no_mask.device();
+        let mut sparse = vec![Tensor::zeros((n, 0, self.embed_dim), DType::F32, dev)?];
+        if let Some((coords, labels)) = &prompts.points {
+            sparse.push(self.embed_points(coords, labels, prompts.boxes.is_none(), input_hw)?);
+        }
+        if let Some(boxes) = &prompts.boxes {
+            sparse.push(self.embed_boxes(boxes, input_hw)?);
+        }
+        let sparse = Tensor::cat(&sparse, 1)?;
+        let dense = match &prompts.masks {
+            Some(m) => self.embed_masks(m)?,
+            None => self
+                .no_mask
+                .reshape((1, self.embed_dim, 1, 1))?
+                .broadcast_as((n, self.embed_dim, embed_hw.0, embed_hw.1))?
+                .contiguous()?,
+        };
+        Ok((sparse, dense))
+    }
+}
