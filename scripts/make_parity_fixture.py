@@ -14,6 +14,9 @@ Default mode writes ``tests/fixtures/tiny/``:
 ``model.safetensors``
     Base weights under the official ``Sam.state_dict()`` keys; metadata
     ``wesam.config`` = JSON of the model configuration.
+``model.pth``
+    The same weights as ``torch.save(state_dict)``, the format of the official
+    ``sam_vit_b_01ec64.pth``.
 ``lora.safetensors``
     LoRA adapters ``image_encoder.blocks.{i}.attn.qkv.lora_{a,b}_{q,v}``
     (A: [r, D], B: [D, r]); metadata ``wesam.lora`` = {"rank", "scale", "blocks"}.
@@ -710,6 +713,8 @@ def write_hf(sam: Sam, cfg: Dict, out_dir: str, image: torch.Tensor, embed: torc
 
 def write_model_and_lora(sam: Sam, cfg: Dict, lora: Dict[str, torch.Tensor], out_dir: str) -> None:
     save_file(state_dict_tensors(sam), os.path.join(out_dir, "model.safetensors"), metadata={"wesam.config": config_json(cfg)})
+    # The same weights as an official-style PyTorch checkpoint (zip-pickled plain state dict).
+    torch.save(state_dict_tensors(sam), os.path.join(out_dir, "model.pth"))
     lora_meta = json.dumps({"rank": LORA_RANK, "scale": LORA_SCALE, "blocks": list(range(cfg["encoder_depth"]))})
     save_file(
         OrderedDict((k, v.contiguous()) for k, v in lora.items()),

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{assert_close, cases, fixture_dir, max_abs};
+use common::{assert_close, cases, dice_bce, fixture_dir, max_abs};
 use wesam::model::transforms::{self, Preprocessing};
 use wesam::model::{Lora, Prompts, Sam};
 
@@ -123,23 +123,6 @@ fn another_input_size_interpolates_position_tables_like_the_reference() {
         TOL,
     );
     assert_close("embed_96_box.iou", &iou, &c["embed_96_box.iou"], TOL);
-}
-
-/// dice + BCE of low-res logits `x` against `t`, as the fixture script computes it.
-fn dice_bce(x: &Tensor, t: &Tensor) -> Tensor {
-    let p = candle_nn::ops::sigmoid(x).unwrap();
-    let inter = (&p * t).unwrap().sum_all().unwrap();
-    let denom = ((p.sum_all().unwrap() + t.sum_all().unwrap()).unwrap() + 1.0).unwrap();
-    let dice = (1.0 - ((inter * 2.0).unwrap() + 1.0).unwrap().div(&denom).unwrap()).unwrap();
-    // BCE with logits, stable form: max(x, 0) - x t + log(1 + exp(-|x|)).
-    let bce = (x.relu().unwrap() - (x * t).unwrap()).unwrap();
-    let bce = (bce
-        + (x.abs().unwrap().neg().unwrap().exp().unwrap() + 1.0)
-            .unwrap()
-            .log()
-            .unwrap())
-    .unwrap();
-    (dice + bce.mean_all().unwrap()).unwrap()
 }
 
 #[test]

@@ -23,7 +23,10 @@ const RENAMES: &[(&str, &str)] = &[
         "shared_embedding.positional_embedding",
         "pe_layer.positional_encoding_gaussian_matrix",
     ),
-    ("point_embed.", "point_embeddings."),
+    (
+        "prompt_encoder.point_embed.",
+        "prompt_encoder.point_embeddings.",
+    ),
     ("mask_embed.conv1.", "mask_downscaling.0."),
     ("mask_embed.layer_norm1.", "mask_downscaling.1."),
     ("mask_embed.conv2.", "mask_downscaling.3."),

@@ -49,3 +49,21 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert!(d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
     eprintln!("{what}: max |diff| = {d:.2e}");
 }
+
+/// dice + BCE of low-res logits `x` against `t`, as `scripts/make_parity_fixture.py` computes
+/// the loss whose LoRA gradients it records.
+pub fn dice_bce(x: &Tensor, t: &Tensor) -> Tensor {
+    let p = candle_nn::ops::sigmoid(x).unwrap();
+    let inter = (&p * t).unwrap().sum_all().unwrap();
+    let denom = ((p.sum_all().unwrap() + t.sum_all().unwrap()).unwrap() + 1.0).unwrap();
+    let dice = (1.0 - ((inter * 2.0).unwrap() + 1.0).unwrap().div(&denom).unwrap()).unwrap();
+    // BCE with logits, stable form: max(x, 0) - x t + log(1 + exp(-|x|)).
+    let bce = (x.relu().unwrap() - (x * t).unwrap()).unwrap();
+    let bce = (bce
+        + (x.abs().unwrap().neg().unwrap().exp().unwrap() + 1.0)
+            .unwrap()
+            .log()
+            .unwrap())
+    .unwrap();
+    (dice + bce.mean_all().unwrap()).unwrap()
+}

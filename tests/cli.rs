@@ -1,0 +1,164 @@
+//! The `wesam` binary as a user runs it: the built-in demo, `predict` on a real checkpoint file,
+//! and bad input that must end in a clear error, never a panic.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::fixture_dir;
+
+fn wesam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wesam"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wesam-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn built_in_demo_runs_and_writes_its_outputs() {
+    let (mask, overlay) = (tmp("demo/mask.png"), tmp("demo/overlay.png"));
+    let o = wesam(&[
+        "predict",
+        "--out",
+        mask.to_str().unwrap(),
+        "--overlay",
+        overlay.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = image::open(&mask).unwrap();
+    assert_eq!((m.width(), m.height()), (160, 120));
+    assert!(image::open(&overlay).is_ok());
+}
+
+#[test]
+fn predict_writes_mask_logits_and_json_for_a_checkpoint() {
+    let (mask, logits) = (tmp("mask.png"), tmp("low.npy"));
+    let model = fixture_dir().join("model.safetensors");
+    let image = fixture_dir().join("image.png");
+    let o = wesam(&[
+        "predict",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--box",
+        "25,15,110,70",
+        "--point",
+        "80,35,1",
+        "--point",
+        "40,60,0",
+        "--multimask",
+        "--out",
+        mask.to_str().unwrap(),
+        "--logits",
+        logits.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["masks"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        (report["width"].as_u64(), report["height"].as_u64()),
+        (Some(130), Some(90))
+    );
+    let selected = report["selected"].as_u64().unwrap() as usize;
+    let area = report["masks"][selected]["area"].as_u64().unwrap();
+    let m = image::open(&mask).unwrap().to_luma8();
+    assert_eq!((m.width(), m.height()), (130, 90));
+    assert_eq!(m.pixels().filter(|p| p.0[0] == 255).count() as u64, area);
+    let low = candle_core::Tensor::read_npy(&logits).unwrap();
+    assert_eq!(low.dims(), &[32, 32]);
+
+    // The logits feed back as a mask prompt.
+    let o = wesam(&[
+        "predict",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--mask-input",
+        logits.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let model = fixture_dir().join("model.safetensors");
+    let image = fixture_dir().join("image.png");
+    let not_image = tmp("not-an-image.png");
+    std::fs::write(&not_image, b"definitely not a png").unwrap();
+    let small_mask = tmp("small-mask.png");
+    image::GrayImage::new(10, 10).save(&small_mask).unwrap();
+    let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
+        (
+            vec!["--image", not_image.to_str().unwrap(), "--box", "1,1,5,5"],
+            vec!["cannot read image".into(), not_image.display().to_string()],
+        ),
+        (
+            vec![
+                "--image",
+                image.to_str().unwrap(),
+                "--mask-input",
+                small_mask.to_str().unwrap(),
+            ],
+            vec![
+                small_mask.display().to_string(),
+                image.display().to_string(),
+                "10x10".into(),
+            ],
+        ),
+        (
+            vec!["--image", image.to_str().unwrap()],
+            vec!["give at least one prompt".into()],
+        ),
+        (
+            vec!["--image", image.to_str().unwrap(), "--box", "5,5,1,1"],
+            vec!["X1,Y1".into()],
+        ),
+        (
+            vec!["--image", image.to_str().unwrap(), "--point", "3,4,2"],
+            vec!["LABEL".into()],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut full = vec!["predict", "--checkpoint", model.to_str().unwrap()];
+        full.extend(args.iter());
+        let o = wesam(&full);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        for n in needles {
+            assert!(err.contains(&n), "`{n}` not in error of {args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn an_existing_output_survives_a_failed_run() {
+    let out = tmp("keep.png");
+    std::fs::write(&out, b"previous result").unwrap();
+    let o = wesam(&[
+        "predict",
+        "--image",
+        "/nonexistent.png",
+        "--box",
+        "1,1,2,2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous result");
+}
