@@ -58,7 +58,8 @@ fn huggingface_layout_loads_with_official_names() {
 
 #[test]
 fn official_types_are_detected_from_shapes() {
-    for t in [ModelType::VitB] {
+    {
+        let t = ModelType::VitB;
         let weights = random_state_dict(&SamConfig::official(t), 0, &Device::Cpu).unwrap();
         assert_eq!(infer_config(&weights).unwrap().model_type(), Some(t));
     }

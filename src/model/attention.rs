@@ -303,6 +303,6 @@ mod tests {
             tile_floats: TILE_FLOATS,
         };
         let t = op.tile(12, 4096);
-        assert!(t >= 1 && t < 4096 && 12 * 4096 * t <= TILE_FLOATS);
+        assert!((1..4096).contains(&t) && 12 * 4096 * t <= TILE_FLOATS);
     }
 }

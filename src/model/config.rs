@@ -124,7 +124,10 @@ impl SamConfig {
         };
         check(self.encoder_depth > 0, "encoder_depth must be > 0")?;
         check(
-            self.encoder_num_heads > 0 && self.encoder_embed_dim % self.encoder_num_heads == 0,
+            self.encoder_num_heads > 0
+                && self
+                    .encoder_embed_dim
+                    .is_multiple_of(self.encoder_num_heads),
             "encoder_embed_dim must be a multiple of encoder_num_heads",
         )?;
         check(
@@ -134,15 +137,16 @@ impl SamConfig {
             "encoder_global_attn_indexes must be < encoder_depth",
         )?;
         check(
-            self.vit_patch_size > 0 && self.image_size % self.vit_patch_size == 0,
+            self.vit_patch_size > 0 && self.image_size.is_multiple_of(self.vit_patch_size),
             "image_size must be a multiple of vit_patch_size",
         )?;
         check(
-            self.prompt_embed_dim % 8 == 0,
+            self.prompt_embed_dim.is_multiple_of(8),
             "prompt_embed_dim must be a multiple of 8 (output upscaling divides it by 8)",
         )?;
         check(
-            self.decoder_num_heads > 0 && (self.prompt_embed_dim / 2) % self.decoder_num_heads == 0,
+            self.decoder_num_heads > 0
+                && (self.prompt_embed_dim / 2).is_multiple_of(self.decoder_num_heads),
             "prompt_embed_dim / 2 must be a multiple of decoder_num_heads",
         )?;
         check(self.iou_head_depth >= 1, "iou_head_depth must be >= 1")?;

@@ -49,7 +49,7 @@ impl Sam {
     /// Builds the model from a VarBuilder whose names are the official checkpoint keys.
     pub fn new(config: &SamConfig, input_size: Option<usize>, vb: VarBuilder) -> Result<Self> {
         let input_size = input_size.unwrap_or(config.image_size);
-        if input_size % config.vit_patch_size != 0 {
+        if !input_size.is_multiple_of(config.vit_patch_size) {
             candle_core::bail!(
                 "image size {input_size} is not a multiple of the patch size {}",
                 config.vit_patch_size
