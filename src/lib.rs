@@ -1,8 +1,10 @@
 //! wesam: weakly supervised adaptation of Segment Anything to new image domains.
 //!
-//! [`model`] holds the trainable SAM and its LoRA adapters, [`cli`] the `wesam` commands.
+//! [`model`] holds the trainable SAM and its LoRA adapters, [`data`] datasets, prompts and
+//! augmentations, [`cli`] the `wesam` commands.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod io;
 pub mod model;
