@@ -88,6 +88,9 @@ pub struct DatasetOptions {
     pub val_fraction: f64,
     /// Instances smaller than this many pixels are reported by `data check` as tiny.
     pub tiny_instance_px: usize,
+    /// Keep COCO's crowd annotations as instances (the reference does; they are regions of many
+    /// objects, so the default leaves them out).
+    pub include_crowd: bool,
 }
 
 impl Default for DatasetOptions {
@@ -98,6 +101,7 @@ impl Default for DatasetOptions {
             interleave: None,
             val_fraction: 0.0,
             tiny_instance_px: 16,
+            include_crowd: false,
         }
     }
 }
