@@ -8,9 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use serde::Serialize;
 
+use crate::data::mask::{binarise, check_same_size};
+use crate::data::prompts::{mask_logits, mask_to_frame};
 use crate::device::DeviceKind;
 use crate::io;
-use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::{self, Frame};
 use crate::model::{Lora, ModelType, Prompts, Sam, SamConfig};
 use crate::profile::Profile;
@@ -143,28 +144,9 @@ fn mask_prompt(
     }
     let mask = io::read_gray(path)?;
     let (h, w) = frame.original;
-    if (mask.height() as usize, mask.width() as usize) != (h, w) {
-        bail!(
-            "mask {} is {}x{} but image {} is {w}x{h}",
-            path.display(),
-            mask.width(),
-            mask.height(),
-            image.display()
-        );
-    }
-    let m: Vec<f32> = mask
-        .pixels()
-        .map(|p| if p.0[0] > 127 { 1.0 } else { 0.0 })
-        .collect();
-    let m = Tensor::from_vec(m, (1, 1, h, w), dev)?;
-    let (rh, rw) = frame.resized;
-    let m = resize_2d(&m, rh, rw, Interpolation::Bilinear)?;
-    let (top, left) = frame.offset;
-    let m = m
-        .pad_with_zeros(2, top, frame.size - rh - top)?
-        .pad_with_zeros(3, left, frame.size - rw - left)?;
-    let m = resize_2d(&m, low, low, Interpolation::Bilinear)?;
-    Ok(((m * (2.0 * MASK_INPUT_LOGIT))? - MASK_INPUT_LOGIT)?)
+    check_same_size(&mask, path, (w as u32, h as u32), image)?;
+    let framed = mask_to_frame(&binarise(&mask, 127), frame);
+    mask_logits(&[framed], low, MASK_INPUT_LOGIT, dev)
 }
 
 #[derive(Serialize)]

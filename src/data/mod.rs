@@ -6,6 +6,7 @@
 //! memory whole.
 
 pub mod mask;
+pub mod prompts;
 
 use std::path::PathBuf;
 

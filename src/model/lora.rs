@@ -38,31 +38,24 @@ impl Default for LoraConfig {
 /// Metadata key of an adapter file: the JSON of its [`LoraConfig`] with explicit blocks.
 pub const LORA_METADATA_KEY: &str = "wesam.lora";
 
-/// The four trainable matrices of one block's qkv projection.
+/// The four matrices of one block's qkv projection: the trainable `Var`s' tensors, or detached
+/// views of them (see [`Lora::frozen`]).
 #[derive(Debug, Clone)]
 pub struct LoraQkv {
     /// `[rank, dim]`, Kaiming-uniform at init.
-    pub a_q: Var,
+    pub a_q: Tensor,
     /// `[dim, rank]`, zero at init.
-    pub b_q: Var,
-    pub a_v: Var,
-    pub b_v: Var,
+    pub b_q: Tensor,
+    pub a_v: Tensor,
+    pub b_v: Tensor,
     pub scale: f64,
 }
 
 impl LoraQkv {
     /// The low-rank updates `(scale * B_q A_q x, scale * B_v A_v x)` for the q and v slices.
     pub fn deltas(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let dq = linear(
-            &linear(x, self.a_q.as_tensor(), None)?,
-            self.b_q.as_tensor(),
-            None,
-        )?;
-        let dv = linear(
-            &linear(x, self.a_v.as_tensor(), None)?,
-            self.b_v.as_tensor(),
-            None,
-        )?;
+        let dq = linear(&linear(x, &self.a_q, None)?, &self.b_q, None)?;
+        let dv = linear(&linear(x, &self.a_v, None)?, &self.b_v, None)?;
         Ok(((dq * self.scale)?, (dv * self.scale)?))
     }
 }
@@ -134,9 +127,9 @@ impl Lora {
                     .lock()
                     .unwrap()
                     .insert(tensor_name(b, part), var.clone());
-                vars.push(var);
+                vars.push(var.as_tensor().clone());
             }
-            let [a_q, b_q, a_v, b_v]: [Var; 4] = vars.try_into().unwrap();
+            let [a_q, b_q, a_v, b_v]: [Tensor; 4] = vars.try_into().unwrap();
             blocks[b] = Some(LoraQkv {
                 a_q,
                 b_q,
@@ -154,6 +147,23 @@ impl Lora {
             blocks,
             varmap,
         })
+    }
+
+    /// The same adapters as plain tensors sharing the variables' storage: a forward pass with
+    /// them builds no autograd graph (evaluation), and still sees every optimiser update.
+    pub fn frozen(&self) -> Self {
+        let detach = |l: &LoraQkv| LoraQkv {
+            a_q: l.a_q.detach(),
+            b_q: l.b_q.detach(),
+            a_v: l.a_v.detach(),
+            b_v: l.b_v.detach(),
+            scale: l.scale,
+        };
+        Self {
+            config: self.config.clone(),
+            blocks: self.blocks.iter().map(|b| b.as_ref().map(detach)).collect(),
+            varmap: self.varmap.clone(),
+        }
     }
 
     /// The adapter of encoder block `i`, if it has one.
@@ -190,8 +200,8 @@ impl Lora {
                 .get(&key)
                 .with_context(|| format!("merge: no tensor {key}"))?;
             let dim = w.dim(1)?;
-            let dq = (l.b_q.as_tensor().matmul(l.a_q.as_tensor())? * l.scale)?;
-            let dv = (l.b_v.as_tensor().matmul(l.a_v.as_tensor())? * l.scale)?;
+            let dq = (l.b_q.matmul(&l.a_q)? * l.scale)?;
+            let dv = (l.b_v.matmul(&l.a_v)? * l.scale)?;
             let zeros = Tensor::zeros((dim, dim), w.dtype(), w.device())?;
             let delta = Tensor::cat(&[&dq, &zeros, &dv], 0)?.to_dtype(w.dtype())?;
             let merged = (w + delta)?.detach();

@@ -43,6 +43,8 @@ pub struct Sam {
     pub input_size: usize,
     /// The weights under their official names and checkpoint shapes, for saving.
     pub weights: HashMap<String, Tensor>,
+    /// Where the weights live; inputs must be put there.
+    pub device: Device,
 }
 
 impl Sam {
@@ -62,6 +64,7 @@ impl Sam {
             mask_decoder: MaskDecoder::new(config, vb.pp("mask_decoder"))?,
             input_size,
             weights: HashMap::new(),
+            device: vb.device().clone(),
         })
     }
 

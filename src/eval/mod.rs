@@ -1,0 +1,243 @@
+//! `wesam eval`'s engine: a model over a dataset's images, each encoded once and all its
+//! instance prompts decoded in one batch, scored per [`metrics`].
+
+pub mod metrics;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::prompts::{make_prompts, mask_to_frame, PromptConfig, PromptKind};
+use crate::data::{FileIssue, Record, Sample};
+use crate::model::ops::{resize_2d, Interpolation};
+use crate::model::transforms::{self, Frame};
+use crate::model::{Lora, Sam};
+use crate::profile::Profile;
+use metrics::{InstanceScore, MeanScores};
+
+/// What an evaluation does besides scoring.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalConfig {
+    pub prompt: PromptKind,
+    pub prompts: PromptConfig,
+    pub profile: Profile,
+    /// Seed of the point sampling; each image's stream depends on it and the image's id only.
+    pub seed: u64,
+    /// Where to write predicted masks and overlays, if anywhere.
+    pub save_masks: Option<PathBuf>,
+}
+
+/// One instance's scores, for `--per-instance`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceRow {
+    pub image: String,
+    pub instance: usize,
+    pub iou: f64,
+    pub dice: f64,
+    pub biou: f64,
+}
+
+/// The result of an evaluation; metrics in percent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvalReport {
+    pub images: usize,
+    pub instances: usize,
+    pub miou: f64,
+    pub dice: f64,
+    pub biou: f64,
+    pub skipped: Vec<FileIssue>,
+    #[serde(skip)]
+    pub per_instance: Vec<InstanceRow>,
+    pub seconds: f64,
+}
+
+/// A stable per-image seed, so results do not depend on loading order.
+fn image_seed(seed: u64, id: &str) -> u64 {
+    id.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Thresholded masks `[n, H, W]` (logits) as binary images.
+fn binary_masks(logits: &Tensor, profile: Profile) -> Result<Vec<GrayImage>> {
+    let (_, h, w) = logits.dims3()?;
+    let v = logits.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+    Ok(v.iter()
+        .map(|m| {
+            GrayImage::from_fn(w as u32, h as u32, |x, y| {
+                Luma([if profile.is_foreground(m[y as usize][x as usize]) {
+                    255
+                } else {
+                    0
+                }])
+            })
+        })
+        .collect())
+}
+
+/// Predicts every instance of one sample and scores it. The `sam` profile scores at the
+/// image's own resolution; the reference profile on the padded input canvas, as its code does.
+pub fn predict_and_score(
+    sam: &Sam,
+    lora: Option<&Lora>,
+    sample: &Sample,
+    cfg: &EvalConfig,
+) -> Result<(Vec<GrayImage>, Vec<InstanceScore>)> {
+    let dev = sam.device.clone();
+    let (input, frame) = transforms::preprocess(
+        &sample.image,
+        sam.input_size,
+        cfg.profile.preprocessing(),
+        &dev,
+    )?;
+    let mut rng = StdRng::seed_from_u64(image_seed(cfg.seed, &sample.id));
+    let prompts = make_prompts(
+        &sample.instances,
+        &frame,
+        cfg.prompt,
+        &cfg.prompts,
+        &mut rng,
+    );
+    let low = 4 * sam.embedding_size();
+    let prompts = prompts.to_model(low, cfg.prompts.coarse_mask_logit, &dev)?;
+    let embedding = sam.encode(&input, lora)?;
+    let (low_res, _) = sam.decode(&embedding, &prompts, false)?;
+    let (preds, gts): (Vec<GrayImage>, Vec<GrayImage>) = match cfg.profile {
+        Profile::Sam => {
+            let full = transforms::postprocess(&low_res, &frame)?.squeeze(1)?;
+            (
+                binary_masks(&full, cfg.profile)?,
+                sample.instances.iter().map(|i| i.mask.clone()).collect(),
+            )
+        }
+        Profile::WesamReference => {
+            let s = frame.size;
+            let canvas = resize_2d(&low_res, s, s, Interpolation::Bilinear)?.squeeze(1)?;
+            let gts = sample
+                .instances
+                .iter()
+                .map(|i| mask_to_frame(&i.mask, &frame))
+                .collect();
+            (binary_masks(&canvas, cfg.profile)?, gts)
+        }
+    };
+    let scores = preds
+        .iter()
+        .zip(&gts)
+        .map(|(p, g)| metrics::score(p, g))
+        .collect();
+    let preds = match cfg.profile {
+        Profile::Sam => preds,
+        Profile::WesamReference => preds.iter().map(|p| crop_to_image(p, &frame)).collect(),
+    };
+    Ok((preds, scores))
+}
+
+/// A mask on the padded canvas cut back to the image and resized to its original size.
+fn crop_to_image(m: &GrayImage, frame: &Frame) -> GrayImage {
+    let (top, left) = frame.offset;
+    let (rh, rw) = frame.resized;
+    let crop =
+        image::imageops::crop_imm(m, left as u32, top as u32, rw as u32, rh as u32).to_image();
+    let (h, w) = frame.original;
+    image::imageops::resize(
+        &crop,
+        w as u32,
+        h as u32,
+        image::imageops::FilterType::Nearest,
+    )
+}
+
+/// Writes `<id>.png` (instance ids, 0 background) and `<id>_overlay.png` into `dir`.
+fn save_predictions(dir: &std::path::Path, sample: &Sample, preds: &[GrayImage]) -> Result<()> {
+    const COLOURS: [[u8; 3]; 6] = [
+        [30, 144, 255],
+        [255, 99, 71],
+        [50, 205, 50],
+        [255, 215, 0],
+        [186, 85, 211],
+        [0, 206, 209],
+    ];
+    let (w, h) = sample.image.dimensions();
+    let mut ids = GrayImage::new(w, h);
+    let mut overlay: RgbImage = sample.image.clone();
+    for (i, m) in preds.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        for (x, y, p) in m.enumerate_pixels() {
+            if p.0[0] > 0 {
+                ids.put_pixel(x, y, Luma([(i + 1).min(255) as u8]));
+                let o = overlay.get_pixel_mut(x, y);
+                *o = Rgb([0, 1, 2].map(|k| ((o.0[k] as u16 + c[k] as u16) / 2) as u8));
+            }
+        }
+    }
+    let stem = sample.id.replace(['/', '\\'], "_");
+    crate::io::write_image(
+        &dir.join(format!("{stem}.png")),
+        &image::DynamicImage::ImageLuma8(ids),
+    )?;
+    crate::io::write_image(
+        &dir.join(format!("{stem}_overlay.png")),
+        &image::DynamicImage::ImageRgb8(overlay),
+    )
+}
+
+/// Evaluates over loaded samples (a stream: each is dropped once scored). Samples that failed to
+/// load, or have no instance, are skipped and listed.
+pub fn evaluate(
+    sam: &Sam,
+    lora: Option<&Lora>,
+    samples: impl Iterator<Item = (Record, Result<Sample>)>,
+    cfg: &EvalConfig,
+    progress: &indicatif::ProgressBar,
+) -> Result<EvalReport> {
+    let start = Instant::now();
+    let frozen = lora.map(Lora::frozen);
+    let mut means = MeanScores::default();
+    let mut report = EvalReport::default();
+    for (record, sample) in samples {
+        progress.inc(1);
+        let sample = match sample {
+            Ok(s) if s.instances.is_empty() => {
+                report.skipped.push(FileIssue {
+                    file: record.image.display().to_string(),
+                    reason: "no instance".into(),
+                });
+                continue;
+            }
+            Ok(s) => s,
+            Err(e) => {
+                report.skipped.push(FileIssue {
+                    file: record.image.display().to_string(),
+                    reason: format!("{e:#}"),
+                });
+                continue;
+            }
+        };
+        let (preds, scores) = predict_and_score(sam, frozen.as_ref(), &sample, cfg)?;
+        if let Some(dir) = &cfg.save_masks {
+            save_predictions(dir, &sample, &preds)?;
+        }
+        for (i, s) in scores.iter().enumerate() {
+            report.per_instance.push(InstanceRow {
+                image: sample.id.clone(),
+                instance: i,
+                iou: s.iou,
+                dice: s.dice,
+                biou: s.biou,
+            });
+        }
+        means.add_image(&scores);
+        let (miou, _, _) = means.percent();
+        progress.set_message(format!("mIoU {miou:.2}"));
+    }
+    (report.miou, report.dice, report.biou) = means.percent();
+    (report.images, report.instances) = (means.images, means.instances);
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
