@@ -3,6 +3,7 @@
 //! [`model`] holds the trainable SAM and its LoRA adapters, [`data`] datasets, prompts and
 //! augmentations, [`cli`] the `wesam` commands.
 
+pub mod adapt;
 pub mod cli;
 pub mod data;
 pub mod device;

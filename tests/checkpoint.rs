@@ -167,9 +167,7 @@ fn merged_weights_are_base_plus_ba_and_equal_the_adapted_model() {
         let key = format!("image_encoder.blocks.{i}.attn.qkv.weight");
         let base = &sam.weights[&key];
         let l = lora.block(i).unwrap();
-        let ba = |b: &candle_core::Var, a: &candle_core::Var| {
-            b.as_tensor().matmul(a.as_tensor()).unwrap()
-        };
+        let ba = |b: &Tensor, a: &Tensor| b.matmul(a).unwrap();
         let expect_q = (base.narrow(0, 0, d).unwrap() + ba(&l.b_q, &l.a_q)).unwrap();
         let expect_v = (base.narrow(0, 2 * d, d).unwrap() + ba(&l.b_v, &l.a_v)).unwrap();
         assert_close(

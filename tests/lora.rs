@@ -10,7 +10,7 @@ use wesam::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
 #[test]
 fn fresh_adapters_follow_the_reference_init_and_count() {
     let cfg = SamConfig::official(ModelType::VitB);
-    let lora = Lora::new(&cfg, &LoraConfig::default(), &Device::Cpu).unwrap();
+    let lora = Lora::new(&cfg, &LoraConfig::default(), 0, &Device::Cpu).unwrap();
     assert_eq!(lora.num_params(), 147_456);
     let bound = 1.0 / (768f32).sqrt();
     for (name, v) in lora.named_vars() {
@@ -29,7 +29,7 @@ fn fresh_adapters_follow_the_reference_init_and_count() {
         scale: 0.5,
         blocks: vec![0, 11],
     };
-    let lora = Lora::new(&cfg, &some, &Device::Cpu).unwrap();
+    let lora = Lora::new(&cfg, &some, 0, &Device::Cpu).unwrap();
     assert!(lora.block(0).is_some() && lora.block(5).is_none() && lora.block(11).is_some());
     assert_eq!(lora.num_params(), 2 * 2 * (768 * 8 * 2));
     assert!(Lora::new(
@@ -38,9 +38,16 @@ fn fresh_adapters_follow_the_reference_init_and_count() {
             blocks: vec![12],
             ..Default::default()
         },
+        0,
         &Device::Cpu
     )
     .is_err());
+    // The initialisation is a function of the seed.
+    let again = Lora::new(&cfg, &some, 0, &Device::Cpu).unwrap();
+    let other = Lora::new(&cfg, &some, 1, &Device::Cpu).unwrap();
+    let a = |l: &Lora| l.named_vars()[0].1.as_tensor().clone();
+    assert_close("same seed", &a(&lora), &a(&again), 0.0);
+    assert!(common::max_abs_diff(&a(&lora), &a(&other)) > 0.0);
 }
 
 #[test]
@@ -48,7 +55,7 @@ fn fresh_adapters_leave_outputs_unchanged_and_the_anchor_ignores_them() {
     let dev = Device::Cpu;
     let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
     let c = cases();
-    let fresh = Lora::new(&sam.config, &LoraConfig::default(), &dev).unwrap();
+    let fresh = Lora::new(&sam.config, &LoraConfig::default(), 0, &dev).unwrap();
     assert_close(
         "fresh adapters",
         &sam.encode(&c["image"], Some(&fresh)).unwrap(),

@@ -73,7 +73,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let dev = a.device.open()?;
     let config = SamConfig::official(a.model_type);
     let sam = Sam::random(&config, Some(a.image_size), 0, &dev)?;
-    let lora = Lora::new(&config, &LoraConfig::default(), &dev)?;
+    let lora = Lora::new(&config, &LoraConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (1, 3, a.image_size, a.image_size), &dev)?;
     let run_once = || -> anyhow::Result<()> {
         match a.pass {

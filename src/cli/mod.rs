@@ -1,6 +1,10 @@
 //! The `wesam` command line: one subcommand per module.
 
+mod adapt;
+mod args;
 mod bench;
+mod data;
+mod eval;
 mod merge;
 mod predict;
 
@@ -16,6 +20,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Adapt a SAM checkpoint to a target dataset by weakly supervised self-training.
+    Adapt(adapt::AdaptArgs),
+    /// Score a model on a dataset split with weak prompts (mIoU, Dice, boundary IoU).
+    Eval(eval::EvalArgs),
+    /// Inspect datasets: `data check` indexes and loads one and reports what it holds.
+    Data(data::DataArgs),
     /// Segment one image with box, point or mask prompts.
     Predict(predict::PredictArgs),
     /// Fold a LoRA adapter into a checkpoint and write full weights.
@@ -27,8 +37,23 @@ enum Command {
 /// Parses the command line and runs the command.
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Adapt(a) => adapt::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Data(a) => data::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Bench(a) => bench::run(a),
     }
+}
+
+/// A progress bar on standard error with position, ETA and a message.
+pub(crate) fn progress_bar(len: u64, prefix: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
 }

@@ -78,7 +78,7 @@ pub fn bounding_box(mask: &GrayImage) -> Option<[f32; 4]> {
             y1 = y1.max(y + 1);
         }
     }
-    (x0 != u32::MAX).then(|| [x0 as f32, y0 as f32, x1 as f32, y1 as f32])
+    (x0 != u32::MAX).then_some([x0 as f32, y0 as f32, x1 as f32, y1 as f32])
 }
 
 /// Checks that a mask has its image's size, naming both files otherwise.

@@ -5,8 +5,12 @@
 //! each a binary mask with its box. Loading is done per record, so no dataset is ever held in
 //! memory whole.
 
+pub mod augment;
+pub mod datasets;
+pub mod loader;
 pub mod mask;
 pub mod prompts;
+pub mod split;
 
 use std::path::PathBuf;
 
@@ -104,6 +108,22 @@ impl Default for DatasetOptions {
             tiny_instance_px: 16,
             include_crowd: false,
         }
+    }
+}
+
+impl DatasetOptions {
+    /// These options under a profile: where they are still the defaults, `wesam-reference`
+    /// reads masks with threshold 0 and keeps COCO's crowd annotations, as the reference does.
+    pub fn for_profile(&self, profile: crate::profile::Profile) -> Self {
+        let defaults = Self::default();
+        let mut o = self.clone();
+        if profile == crate::profile::Profile::WesamReference {
+            if o.mask_threshold == defaults.mask_threshold {
+                o.mask_threshold = 0;
+            }
+            o.include_crowd = true;
+        }
+        o
     }
 }
 

@@ -20,10 +20,11 @@ use crate::model::transforms::Frame;
 use crate::model::Prompts;
 
 /// Which weak label becomes the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PromptKind {
     /// The instance's box (the annotation's where the dataset has one).
+    #[default]
     Box,
     /// Positive points inside the instance and negative points outside it.
     Point,
@@ -64,13 +65,16 @@ impl Default for PromptConfig {
     }
 }
 
+/// One instance's points: (x, y) in the input frame and a label (1 positive, 0 negative).
+pub type InstancePoints = Vec<([f32; 2], f32)>;
+
 /// The prompts of one image's instances in the input frame, before they become tensors.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FramePrompts {
     /// One xyxy box per instance.
     pub boxes: Option<Vec<[f32; 4]>>,
     /// Per instance: (x, y) points and their labels (1 positive, 0 negative).
-    pub points: Option<Vec<Vec<([f32; 2], f32)>>>,
+    pub points: Option<Vec<InstancePoints>>,
     /// Per instance: the coarse mask in the input frame (`size x size`, 0/255).
     pub masks: Option<Vec<GrayImage>>,
 }
@@ -158,7 +162,7 @@ fn sample_points(
     frame: &Frame,
     cfg: &PromptConfig,
     rng: &mut StdRng,
-) -> Vec<([f32; 2], f32)> {
+) -> InstancePoints {
     let m = mask_to_frame(&instance.mask, frame);
     let (top, left) = (frame.offset.0 as u32, frame.offset.1 as u32);
     let (rh, rw) = (frame.resized.0 as u32, frame.resized.1 as u32);

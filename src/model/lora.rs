@@ -78,20 +78,26 @@ pub struct Lora {
 
 impl Lora {
     /// Fresh adapters: A Kaiming-uniform (`U(-1/sqrt(dim), 1/sqrt(dim))`, as PyTorch's
-    /// `kaiming_uniform_(a=sqrt(5))`), B zero, so the adapted model starts equal to the base.
-    pub fn new(model: &SamConfig, config: &LoraConfig, dev: &Device) -> anyhow::Result<Self> {
+    /// `kaiming_uniform_(a=sqrt(5))`), drawn from `seed`; B zero, so the adapted model starts
+    /// equal to the base.
+    pub fn new(
+        model: &SamConfig,
+        config: &LoraConfig,
+        seed: u64,
+        dev: &Device,
+    ) -> anyhow::Result<Self> {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
         let dim = model.encoder_embed_dim;
         let bound = 1.0 / (dim as f64).sqrt();
+        let mut rng = StdRng::seed_from_u64(seed);
         Self::build(model, config, |_, part| {
-            let shape = if part.starts_with('a') {
-                (config.rank, dim)
-            } else {
-                (dim, config.rank)
-            };
             let t = if part.starts_with('a') {
-                Tensor::rand(-bound as f32, bound as f32, shape, dev)?
+                let v: Vec<f32> = (0..config.rank * dim)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect();
+                Tensor::from_vec(v, (config.rank, dim), dev)?
             } else {
-                Tensor::zeros(shape, DType::F32, dev)?
+                Tensor::zeros((dim, config.rank), DType::F32, dev)?
             };
             Ok(t)
         })

@@ -1,0 +1,216 @@
+//! The configuration of an adaptation run: plain serde data, every default in its `Default`
+//! impl, read from TOML (`configs/<dataset>.toml`, `--config FILE`) and overridden by flags.
+//! The resolved configuration is written into the run directory as `config.toml`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::losses::LossConfig;
+use super::optim::{AdamConfig, LrSchedule};
+use crate::data::prompts::{PromptConfig, PromptKind};
+use crate::data::{DatasetOptions, Split};
+use crate::model::{LoraConfig, ModelType};
+use crate::profile::Profile;
+
+/// Which data, and where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Dataset name or `folder` path; empty means the built-in demo.
+    pub dataset: String,
+    pub data_root: Option<PathBuf>,
+    pub options: DatasetOptions,
+    /// The split adapted on (its images' weak labels are the prompts).
+    pub train_split: Split,
+    /// The split reported before and after adaptation.
+    pub eval_split: Split,
+    /// Evaluate on at most this many images (quick runs).
+    pub eval_limit: Option<usize>,
+    /// Adapt on at most this many images (quick runs).
+    pub train_limit: Option<usize>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: String::new(),
+            data_root: None,
+            options: DatasetOptions::default(),
+            train_split: Split::Train,
+            eval_split: Split::Test,
+            eval_limit: None,
+            train_limit: None,
+        }
+    }
+}
+
+/// The source model and its adapters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[derive(Default)]
+pub struct ModelConfig {
+    pub checkpoint: Option<PathBuf>,
+    pub model_type: Option<ModelType>,
+    /// Input size (e.g. 512 for CPU runs); `None` is the checkpoint's.
+    pub image_size: Option<usize>,
+    pub lora: LoraConfig,
+}
+
+/// Adam or AdamW.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adam with coupled L2 weight decay (the reference).
+    #[default]
+    Adam,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+}
+
+/// Where mask losses are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LossResolution {
+    /// On logits upsampled to the input size, as the reference (1024² for SAM).
+    #[default]
+    Input,
+    /// On the decoder's low-resolution logits (4x fewer pixels per side, much cheaper).
+    Low,
+}
+
+/// The optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// At most this many instances per batch (random ones are kept).
+    pub max_instances: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub schedule: LrSchedule,
+    /// Teacher = exponential moving average of the adapted weights with this momentum
+    /// (e.g. 0.999); `None` is the reference: the teacher shares the student's weights.
+    pub ema_momentum: Option<f64>,
+    pub seed: u64,
+    /// Consecutive non-finite losses (skipped steps) tolerated before the run stops.
+    pub max_nonfinite: usize,
+    pub loss_resolution: LossResolution,
+    /// Steps between checkpoints (besides the end of each epoch).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 1,
+            max_instances: 50,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-4,
+            weight_decay: 1e-4,
+            schedule: LrSchedule::default(),
+            ema_momentum: None,
+            seed: 1337,
+            max_nonfinite: 5,
+            loss_resolution: LossResolution::Input,
+            checkpoint_every: 100,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The optimiser's settings.
+    pub fn adam(&self) -> AdamConfig {
+        match self.optimizer {
+            OptimizerKind::Adam => AdamConfig::adam(self.lr, self.weight_decay),
+            OptimizerKind::Adamw => AdamConfig::adamw(self.lr, self.weight_decay),
+        }
+    }
+}
+
+/// Everything an adaptation run needs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptConfig {
+    pub profile: Profile,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub prompt: PromptKind,
+    pub prompts: PromptConfig,
+    pub train: TrainConfig,
+    pub losses: LossConfig,
+}
+
+/// The per-dataset configurations shipped in `configs/`, built into the binary.
+const BUILT_IN: &[(&str, &str)] = &[
+    ("kvasir", include_str!("../../configs/kvasir.toml")),
+    ("isic", include_str!("../../configs/isic.toml")),
+    ("camo", include_str!("../../configs/camo.toml")),
+    ("cod10k", include_str!("../../configs/cod10k.toml")),
+    ("chameleon", include_str!("../../configs/chameleon.toml")),
+    ("coco", include_str!("../../configs/coco.toml")),
+    ("voc", include_str!("../../configs/voc.toml")),
+    ("ocid", include_str!("../../configs/ocid.toml")),
+    ("osd", include_str!("../../configs/osd.toml")),
+    ("coco-c", include_str!("../../configs/coco-c.toml")),
+];
+
+impl AdaptConfig {
+    /// Parses TOML, naming `origin` in errors.
+    pub fn from_toml(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).with_context(|| format!("invalid configuration {origin}"))
+    }
+
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The built-in configuration of a named dataset, if there is one.
+    pub fn built_in(dataset: &str) -> anyhow::Result<Option<Self>> {
+        BUILT_IN
+            .iter()
+            .find(|(name, _)| *name == dataset)
+            .map(|(name, text)| Self::from_toml(text, &format!("configs/{name}.toml")))
+            .transpose()
+    }
+
+    /// The configuration as TOML, for the run directory.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_config_parses_and_round_trips() {
+        for (name, _) in BUILT_IN {
+            let c = AdaptConfig::built_in(name).unwrap().unwrap();
+            let back = AdaptConfig::from_toml(&c.to_toml().unwrap(), name).unwrap();
+            assert_eq!(back, c, "{name}");
+        }
+        assert!(AdaptConfig::built_in("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn defaults_are_the_reference_values_and_unknown_keys_are_errors() {
+        let c = AdaptConfig::default();
+        assert_eq!(
+            (c.train.epochs, c.train.batch_size, c.train.max_instances),
+            (5, 1, 50)
+        );
+        assert_eq!((c.train.lr, c.train.weight_decay), (1e-4, 1e-4));
+        assert_eq!((c.model.lora.rank, c.model.lora.scale), (4, 1.0));
+        let err = AdaptConfig::from_toml("[train]\nepohcs = 3\n", "test").unwrap_err();
+        assert!(format!("{err:#}").contains("epohcs"));
+    }
+}

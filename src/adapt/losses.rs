@@ -1,0 +1,411 @@
+//! WeSAM's losses (method spec §2) as differentiable candle functions on f32 tensors.
+//!
+//! Every mask loss flattens all instances of one image together, so each term is one scalar per
+//! image. [`wesam_image_loss`] computes one image's terms and their weighted total (§1.3, §2.6);
+//! the batch loss is the sum over its images. Values and gradients follow PyTorch's as the
+//! reference computes them; `tests/losses.rs` checks them against
+//! `tests/fixtures/losses.safetensors` (written by `scripts/make_loss_fixture.py`).
+
+use candle_core::{bail, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ops::{resize_2d, Interpolation};
+use crate::profile::Profile;
+
+/// PyTorch's `binary_cross_entropy` clamps each log term at this value.
+const LOG_CLAMP: f64 = -100.0;
+/// PyTorch's `binary_cross_entropy` backward divides by `max(p (1 - p), this)`.
+const BCE_BACKWARD_EPS: f64 = 1e-12;
+/// The reference's `calc_iou` adds this to the union.
+const IOU_EPS: f64 = 1e-7;
+/// `F.normalize`'s floor on the norm, used on the embeddings of the contrastive loss.
+const NORMALIZE_EPS: f64 = 1e-12;
+/// `F.cosine_similarity`'s floor on each norm.
+const COSINE_EPS: f64 = 1e-8;
+/// The anchor loss calls the dice loss without a third argument, so its smoothing is 1 (§2.2).
+const ANCHOR_DICE_SMOOTH: f64 = 1.0;
+/// Focal alpha of the `sam` profile when the config does not set one (§0).
+const SAM_FOCAL_ALPHA: f64 = 0.8;
+/// Self-training dice smoothing of the `sam` profile when the config does not set one (§0).
+const SAM_SELF_DICE_SMOOTH: f64 = 1.0;
+
+// ---------------------------------------------------------------------------------------------
+// The individual losses.
+
+/// Mean binary cross-entropy of `sigmoid(logits)` against `target`, value and gradient as
+/// PyTorch's `F.binary_cross_entropy(torch.sigmoid(x), t)` in f32: the building block of
+/// [`focal`].
+///
+/// The log terms are computed stably from the logits (`ln σ(x) = -softplus(-x)`), never as the
+/// log of a rounded probability, and clamped at -100 where PyTorch's are: wherever the f32
+/// sigmoid rounds to exactly 0 (for `ln p`) or 1 (for `ln(1 - p)`), that is for x below about
+/// -88.7 or above about 16.6, the term is -100, so a saturated wrong logit costs 100 and not |x|.
+/// For 9 < x < 16.6 PyTorch's `ln(1 - p)` carries the rounding of `p` near 1 (15.94 instead of
+/// 16 at x = 16); this function gives the exact value there.
+///
+/// The mean is summed in two stages (`sum_all`) to keep PyTorch's accuracy on full-size masks.
+///
+/// The gradient is PyTorch's: `(p - t) min(1, p (1 - p) / 1e-12)` per element over the element
+/// count, zero where the sigmoid saturated. It is attached to the detached value as
+/// `mean(value) + mean((x - x̄) slope)`, `x̄` the detached logits: the second term is exactly
+/// zero and passes `slope` back to the logits, so no logarithm of zero is ever differentiated.
+pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let x = logits.detach();
+    let t = target.detach();
+    let p = candle_nn::ops::sigmoid(&x)?;
+    let log_p = clamped_log_sigmoid(&x, &p.eq(0.0)?)?;
+    let log_not_p = clamped_log_sigmoid(&x.neg()?, &p.eq(1.0)?)?;
+    let value = ((&t * log_p)? + ((1.0 - &t)? * log_not_p)?)?.neg()?;
+    let p_not_p = ((1.0 - &p)? * &p)?;
+    let slope = ((&p - &t)? * (p_not_p / BCE_BACKWARD_EPS)?.minimum(1.0)?)?;
+    let surrogate = ((logits - &x)? * slope)?.mean_all()?;
+    mean_all(&value)? + surrogate
+}
+
+/// `ln σ(z)` as `-softplus(-z)`, floored at PyTorch's -100, and exactly -100 where `saturated`
+/// (PyTorch's f32 sigmoid rounded this probability to zero).
+fn clamped_log_sigmoid(z: &Tensor, saturated: &Tensor) -> Result<Tensor> {
+    let log = softplus(&z.neg()?)?.neg()?.maximum(LOG_CLAMP)?;
+    let floor = (log.zeros_like()? + LOG_CLAMP)?;
+    saturated.where_cond(&floor, &log)
+}
+
+/// `ln(1 + e^z)` without overflow: `max(z, 0) + ln(1 + e^-|z|)`.
+fn softplus(z: &Tensor) -> Result<Tensor> {
+    z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// The reference's "global" focal loss on the mean BCE of one image's instances (§2.1):
+/// `alpha (1 - e^-BCE)^gamma BCE`. The reference passes the batch's instance count as alpha.
+pub fn focal(logits: &Tensor, target: &Tensor, alpha: f64, gamma: f64) -> Result<Tensor> {
+    let bce = bce(logits, target)?;
+    let modulator = (1.0 - bce.neg()?.exp()?)?.powf(gamma)?;
+    (modulator * alpha)? * bce
+}
+
+/// Dice loss `1 - (2 Σ p t + s) / (Σ p + Σ t + s)` over all elements of one image's instances,
+/// `p = sigmoid(logits)` (§2.2): the self-training and the anchor terms both use it.
+pub fn dice(logits: &Tensor, target: &Tensor, smooth: f64) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    let t = target.detach();
+    let inter = sum_all(&(&p * &t)?)?;
+    let sums = (sum_all(&p)? + sum_all(&t)?)?;
+    let ratio = (((inter * 2.0)? + smooth)? / (sums + smooth)?)?;
+    1.0 - ratio
+}
+
+/// Sum of all elements in two stages, along the last axis and then over the rest, where
+/// candle's CPU `sum_all` accumulates in 32 f32 lanes: on a 50 x 1024² mask that loses about 1e-3
+/// (relative) of a sum of positive terms, two stages about 1e-8, as PyTorch's pairwise sums.
+fn sum_all(x: &Tensor) -> Result<Tensor> {
+    match x.rank() {
+        0 | 1 => x.sum_all(),
+        r => x.sum(r - 1)?.sum_all(),
+    }
+}
+
+/// Mean of all elements, summed as [`sum_all`].
+fn mean_all(x: &Tensor) -> Result<Tensor> {
+    sum_all(x)? / x.elem_count() as f64
+}
+
+/// The pseudo-label `1[logit > 0]` of the teacher and of the anchor (§1.3), without gradient.
+pub fn pseudo_label(logits: &Tensor) -> Result<Tensor> {
+    logits.detach().gt(0.0)?.to_dtype(logits.dtype())
+}
+
+/// The profile's predicted mask as a 0/1 tensor without gradient: the tensor form of
+/// [`Profile::is_foreground`] (`logit > 0` under `sam`, `logit >= 0.5` under `wesam-reference`).
+pub fn predicted_mask(logits: &Tensor, profile: Profile) -> Result<Tensor> {
+    let logits = logits.detach();
+    let mask = match profile {
+        Profile::Sam => logits.gt(0.0)?,
+        Profile::WesamReference => logits.ge(0.5)?,
+    };
+    mask.to_dtype(logits.dtype())
+}
+
+/// Targets `[n, 1]` of the IoU head (§2.3): per instance, the IoU of the student's predicted mask
+/// ([`predicted_mask`]) with the teacher's pseudo-label, `inter / (union + 1e-7)`, no gradient.
+///
+/// The reference binarises with `logit >= 0.5`; the `sam` profile uses SAM's own prediction
+/// threshold `logit > 0` (§0), the mask whose IoU SAM's head was trained to predict.
+pub fn iou_targets(
+    student_logits: &Tensor,
+    teacher_binary: &Tensor,
+    profile: Profile,
+) -> Result<Tensor> {
+    let n = student_logits.dim(0)?;
+    let pred = predicted_mask(student_logits, profile)?.reshape((n, ()))?;
+    let t = teacher_binary.detach().reshape((n, ()))?;
+    let inter = (&pred * &t)?.sum_keepdim(1)?;
+    let union = ((pred.sum_keepdim(1)? + t.sum_keepdim(1)?)? - &inter)?;
+    inter / (union + IOU_EPS)?
+}
+
+/// IoU-prediction loss `Σ_j (pred_j - target_j)² / N` (§2.3), `N` the instances of the whole
+/// batch, so that the per-image terms add up to the reference's batch loss.
+pub fn iou_mse(pred_iou: &Tensor, iou_targets: &Tensor, n_total: usize) -> Result<Tensor> {
+    (pred_iou - iou_targets.detach())?.sqr()?.sum_all()? / n_total as f64
+}
+
+/// Anchor loss `0.5 Dice(student, A; 1) + 0.5 Dice(teacher, A; 1)` (§2.4): it pulls both views
+/// towards the frozen anchor's pseudo-label `A`, with gradient through both logits.
+pub fn anchor(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    anchor_binary: &Tensor,
+) -> Result<Tensor> {
+    let s = dice(student_logits, anchor_binary, ANCHOR_DICE_SMOOTH)?;
+    let t = dice(teacher_logits, anchor_binary, ANCHOR_DICE_SMOOTH)?;
+    (s + t)? * 0.5
+}
+
+/// Contrastive regularisation between the teacher's and the anchor's instance features (§2.5):
+/// `-ln(Σ_k e^S_kk / Σ_kl e^S_kl)` with `S_kl = cos(f_k, g_l) / tau`; exactly 0 when `n < 2`.
+///
+/// `e_t`, `e_a` are one image's embeddings `[C, h, w]` (gradient through `e_t` only); `m_t`,
+/// `m_a` the low-res mask logits `[n, 1, H, W]`, detached. Each instance feature pools the
+/// L2-normalised embeddings with the bilinearly resized **signed logits** as weights and divides
+/// by their sum, as the reference does, unguarded: a pooling denominator of exactly zero gives
+/// NaN, a negative one flips that feature (see `pooled_features`). Both profiles follow the
+/// reference here (§0, §2.5). Computed as `logsumexp(S) - logsumexp(diag S)`, equal to the
+/// reference's ratio but safe for small `tau`.
+pub fn contrastive(
+    e_t: &Tensor,
+    e_a: &Tensor,
+    m_t: &Tensor,
+    m_a: &Tensor,
+    tau: f64,
+) -> Result<Tensor> {
+    let n = m_t.dim(0)?;
+    if n < 2 {
+        return Tensor::zeros((), e_t.dtype(), e_t.device());
+    }
+    let f = pooled_features(e_t, &m_t.detach())?;
+    let g = pooled_features(&e_a.detach(), &m_a.detach())?;
+    let f = l2_normalise(&f, 1, COSINE_EPS)?;
+    let g = l2_normalise(&g, 1, COSINE_EPS)?;
+    let s = (f.matmul(&g.t()?)? / tau)?;
+    let diag = (&s * Tensor::eye(n, s.dtype(), s.device())?)?.sum(1)?;
+    s.flatten_all()?.log_sum_exp(0)? - diag.log_sum_exp(0)?
+}
+
+/// Instance features `[n, C]`: `f_k = Σ_hw ê[:, h, w] m_k(h, w) / Σ_hw m_k(h, w)`, with `ê` the
+/// embeddings L2-normalised over channels and `m_k` the logits resized to the embedding grid
+/// (bilinear, `align_corners=False`).
+///
+/// Hazard kept for parity (§2.5; the reference's guard is commented out): the weights are raw
+/// logits, mostly negative for SAM, so the sum is dominated by the background and the
+/// denominator can be negative (flipping the feature) or zero (inf/NaN). Its magnitude does not
+/// matter, since only cosines of the features are used; its sign and exact zero do.
+fn pooled_features(e: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let (c, h, w) = e.dims3()?;
+    let n = m.dim(0)?;
+    let e = l2_normalise(e, 0, NORMALIZE_EPS)?.reshape((c, h * w))?;
+    let m = resize_2d(m, h, w, Interpolation::Bilinear)?.reshape((n, h * w))?;
+    m.matmul(&e.t()?)?.broadcast_div(&m.sum_keepdim(1)?)
+}
+
+/// `x / max(‖x‖₂, eps)` along `dim`, as `F.normalize` and `F.cosine_similarity` do.
+fn l2_normalise(x: &Tensor, dim: usize, eps: f64) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(dim)?.sqrt()?.maximum(eps)?;
+    x.broadcast_div(&norm)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and the per-image objective.
+
+/// Weight and switch of one loss term: a disabled term is not computed (ablations) and reports 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Term {
+    pub weight: f64,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Term {
+    /// An enabled term of this weight.
+    pub const fn on(weight: f64) -> Self {
+        Self {
+            weight,
+            enabled: true,
+        }
+    }
+}
+
+/// The adaptation objective's settings (§2, §5.1): weights and switches of the five terms and the
+/// loss constants. The two profile-dependent constants are `None` by default and then follow the
+/// profile (§0): alpha 0.8 and smoothing 1 under `sam`, both the batch's instance count N under
+/// `wesam-reference`; a number overrides the profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossConfig {
+    /// Focal loss of the student against the teacher's pseudo-label (reference weight 20).
+    pub focal: Term,
+    /// Dice loss of the student against the teacher's pseudo-label.
+    pub dice: Term,
+    /// IoU-prediction MSE of the student's IoU head.
+    pub iou: Term,
+    /// Dice of student and teacher against the anchor's pseudo-label.
+    pub anchor: Term,
+    /// Teacher-anchor contrastive regularisation.
+    pub contrastive: Term,
+    /// Focal exponent.
+    pub gamma: f64,
+    /// Contrastive temperature.
+    pub tau: f64,
+    /// Focal alpha; `None`: the profile's.
+    pub focal_alpha: Option<f64>,
+    /// Smoothing of the self-training dice; `None`: the profile's.
+    pub self_dice_smooth: Option<f64>,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            focal: Term::on(20.0),
+            dice: Term::on(1.0),
+            iou: Term::on(1.0),
+            anchor: Term::on(1.0),
+            contrastive: Term::on(1.0),
+            gamma: 2.0,
+            tau: 0.3,
+            focal_alpha: None,
+            self_dice_smooth: None,
+        }
+    }
+}
+
+impl LossConfig {
+    /// The focal alpha for a batch of `n_total` instances under `profile`.
+    pub fn focal_alpha(&self, profile: Profile, n_total: usize) -> f64 {
+        self.focal_alpha
+            .unwrap_or_else(|| by_profile(profile, SAM_FOCAL_ALPHA, n_total))
+    }
+
+    /// The self-training dice smoothing for a batch of `n_total` instances under `profile`.
+    pub fn self_dice_smooth(&self, profile: Profile, n_total: usize) -> f64 {
+        self.self_dice_smooth
+            .unwrap_or_else(|| by_profile(profile, SAM_SELF_DICE_SMOOTH, n_total))
+    }
+}
+
+/// `sam_value` under `sam`; the instance count under `wesam-reference`, where the reference's
+/// positional-argument quirk passes N as alpha and as smoothing (§2.1, §2.2).
+fn by_profile(profile: Profile, sam_value: f64, n_total: usize) -> f64 {
+    match profile {
+        Profile::Sam => sam_value,
+        Profile::WesamReference => n_total as f64,
+    }
+}
+
+/// The student's outputs on the strong view of one image that the objective uses.
+#[derive(Debug, Clone, Copy)]
+pub struct StudentOutputs<'a> {
+    /// Mask logits `[n, H, W]` at the resolution the loop computes mask losses at.
+    pub masks: &'a Tensor,
+    /// Predicted IoU `[n, 1]`.
+    pub iou_pred: &'a Tensor,
+}
+
+/// The teacher's or the anchor's outputs on the weak view of one image that the objective uses.
+#[derive(Debug, Clone, Copy)]
+pub struct WeakOutputs<'a> {
+    /// Mask logits `[n, H, W]`, same resolution as the student's.
+    pub masks: &'a Tensor,
+    /// Low-res mask logits `[n, 1, h, w]` of the decoder (contrastive pooling weights).
+    pub low_res: &'a Tensor,
+    /// Image embeddings `[C, h', w']`.
+    pub embeddings: &'a Tensor,
+}
+
+/// One image's loss: the weighted total to back-propagate and each unweighted term for logging
+/// (0 for a disabled term).
+#[derive(Debug, Clone)]
+pub struct ImageLoss {
+    pub total: Tensor,
+    pub focal: Tensor,
+    pub dice: Tensor,
+    pub iou: Tensor,
+    pub anchor: Tensor,
+    pub contrastive: Tensor,
+}
+
+/// One image's WeSAM objective (§1.3): `w_f Focal(S, T) + w_d Dice(S, T) + w_i IoU-MSE +
+/// w_a Anchor + w_c Contra`, with `T = 1[teacher > 0]` and `A = 1[anchor > 0]` (detached).
+///
+/// `n_total` is N, the instances of the whole batch (this image's `n` included): it divides the
+/// IoU term and, under `wesam-reference`, is focal alpha and dice smoothing. The teacher's logits
+/// keep their gradient into the anchor term and its embeddings into the contrastive term; the
+/// anchor's outputs are detached. Errors if the image has no instance or `n_total < n`.
+pub fn wesam_image_loss(
+    config: &LossConfig,
+    profile: Profile,
+    student: &StudentOutputs,
+    teacher: &WeakOutputs,
+    anchor_out: &WeakOutputs,
+    n_total: usize,
+) -> Result<ImageLoss> {
+    let n = student.masks.dim(0)?;
+    if n == 0 || n_total < n {
+        bail!("wesam loss: {n} instances in the image but {n_total} in the batch");
+    }
+    let teacher_label = pseudo_label(teacher.masks)?;
+    let anchor_label = pseudo_label(anchor_out.masks)?;
+    let zero = Tensor::zeros((), student.masks.dtype(), student.masks.device())?;
+    let term = |t: Term, f: &dyn Fn() -> Result<Tensor>| {
+        if t.enabled {
+            f()
+        } else {
+            Ok(zero.clone())
+        }
+    };
+    let focal_term = term(config.focal, &|| {
+        let alpha = config.focal_alpha(profile, n_total);
+        focal(student.masks, &teacher_label, alpha, config.gamma)
+    })?;
+    let dice_term = term(config.dice, &|| {
+        let smooth = config.self_dice_smooth(profile, n_total);
+        dice(student.masks, &teacher_label, smooth)
+    })?;
+    let iou_term = term(config.iou, &|| {
+        let targets = iou_targets(student.masks, &teacher_label, profile)?;
+        iou_mse(student.iou_pred, &targets, n_total)
+    })?;
+    let anchor_term = term(config.anchor, &|| {
+        anchor(student.masks, teacher.masks, &anchor_label)
+    })?;
+    let contrastive_term = term(config.contrastive, &|| {
+        contrastive(
+            teacher.embeddings,
+            anchor_out.embeddings,
+            teacher.low_res,
+            anchor_out.low_res,
+            config.tau,
+        )
+    })?;
+    let weighted = [
+        (config.focal, &focal_term),
+        (config.dice, &dice_term),
+        (config.iou, &iou_term),
+        (config.anchor, &anchor_term),
+        (config.contrastive, &contrastive_term),
+    ];
+    let total = weighted
+        .iter()
+        .try_fold(zero.clone(), |acc, (t, v)| acc + (*v * t.weight)?)?;
+    Ok(ImageLoss {
+        total,
+        focal: focal_term,
+        dice: dice_term,
+        iou: iou_term,
+        anchor: anchor_term,
+        contrastive: contrastive_term,
+    })
+}

@@ -1,0 +1,649 @@
+//! The WeSAM self-training loop (method spec §1.3): per step, the frozen anchor (the base
+//! weights, no adapters, no autograd graph) and the teacher (the adapted weights) see the weak
+//! view, the student (the adapted weights) the strong view; the student learns from the
+//! teacher's pseudo-labels, the anchor keeps both near the source, and only LoRA is optimised.
+//!
+//! A run is a directory: `config.toml`, `metrics.csv`, `checkpoint.safetensors` (adapters,
+//! optimiser and progress; rewritten atomically), and at the end `adapter.safetensors` and
+//! `merged.safetensors`. Data order and augmentation randomness are functions of the seed and
+//! the step alone, so a resumed run ends with the same weights as an uninterrupted one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Tensor, Var};
+use candle_nn::Optimizer;
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::config::{AdaptConfig, LossResolution};
+use super::losses::{wesam_image_loss, StudentOutputs, WeakOutputs};
+use super::optim::Adam;
+use crate::data::augment;
+use crate::data::loader::load_parallel;
+use crate::data::prompts::make_prompts;
+use crate::data::{Dataset, Record, Sample, Split};
+use crate::eval::{evaluate, EvalConfig, EvalReport};
+use crate::model::checkpoint::{read_safetensors, write_safetensors};
+use crate::model::ops::{resize_2d, Interpolation};
+use crate::model::{transforms, Lora, Sam};
+use crate::profile::Profile;
+
+/// mIoU and Dice in percent, as reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub miou: f64,
+    pub dice: f64,
+}
+
+impl From<&EvalReport> for Scores {
+    fn from(r: &EvalReport) -> Self {
+        Self {
+            miou: r.miou,
+            dice: r.dice,
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub direct: Scores,
+    pub adapted: Scores,
+    pub out: PathBuf,
+}
+
+/// Mean loss terms of an epoch, and its bookkeeping, one row of `metrics.csv`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub loss: f64,
+    pub focal: f64,
+    pub dice_loss: f64,
+    pub iou_loss: f64,
+    pub anchor: f64,
+    pub contrastive: f64,
+    pub skipped_steps: usize,
+    pub eval: Scores,
+    /// Scores on the validation split when it selects the model.
+    pub val: Option<Scores>,
+}
+
+/// Progress saved in the checkpoint's metadata.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Progress {
+    epoch: usize,
+    step_in_epoch: usize,
+    global_step: usize,
+    nonfinite_in_a_row: usize,
+    direct: Option<Scores>,
+    rows: Vec<EpochRow>,
+    /// Running sums of the epoch in progress.
+    partial: EpochRow,
+    best_epoch: Option<usize>,
+    best_score: f64,
+}
+
+const PROGRESS_KEY: &str = "wesam.progress";
+
+/// The files of a run directory.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.csv")
+    }
+    pub fn adapter(&self) -> PathBuf {
+        self.0.join("adapter.safetensors")
+    }
+    pub fn merged(&self) -> PathBuf {
+        self.0.join("merged.safetensors")
+    }
+}
+
+/// Everything a step needs that does not change during the run.
+struct Setup<'a> {
+    cfg: &'a AdaptConfig,
+    sam: &'a Sam,
+    dataset: &'a dyn Dataset,
+    train: Vec<Record>,
+    eval: Vec<Record>,
+    /// The split that selects the model, if any (else the last epoch is kept).
+    select: Option<Vec<Record>>,
+}
+
+/// The random stream of one step: a function of the seed and the step alone.
+fn step_rng(seed: u64, global_step: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ global_step as u64)
+}
+
+/// The order of the training records in an epoch.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed ^ (0x5eed_0000 + epoch as u64),
+    ));
+    order
+}
+
+/// Keeps at most `max` random instances of a sample (the reference's `reduce_instances`).
+fn cap_instances(sample: &mut Sample, max: usize, rng: &mut StdRng) {
+    if sample.instances.len() > max {
+        sample.instances.shuffle(rng);
+        sample.instances.truncate(max);
+    }
+}
+
+/// Mask logits at the loss resolution: `[n, S, S]` or `[n, h, w]`.
+fn loss_masks(
+    low_res: &Tensor,
+    resolution: LossResolution,
+    size: usize,
+) -> candle_core::Result<Tensor> {
+    match resolution {
+        LossResolution::Input => {
+            resize_2d(low_res, size, size, Interpolation::Bilinear)?.squeeze(1)
+        }
+        LossResolution::Low => low_res.squeeze(1),
+    }
+}
+
+/// Loss terms of one step, as numbers for the log.
+#[derive(Debug, Clone, Copy, Default)]
+struct StepLog {
+    total: f64,
+    focal: f64,
+    dice: f64,
+    iou: f64,
+    anchor: f64,
+    contrastive: f64,
+}
+
+/// The summed loss of a batch, and its terms.
+fn batch_loss(
+    s: &Setup,
+    lora: &Lora,
+    teacher: &Lora,
+    samples: &mut [Sample],
+    rng: &mut StdRng,
+) -> Result<Option<(Tensor, StepLog)>> {
+    let cfg = s.cfg;
+    let sam = s.sam;
+    let dev = &sam.device;
+    for sample in samples.iter_mut() {
+        cap_instances(sample, cfg.train.max_instances, rng);
+    }
+    let n_total: usize = samples.iter().map(|x| x.instances.len()).sum();
+    if n_total == 0 {
+        return Ok(None);
+    }
+    let low = 4 * sam.embedding_size();
+    let mut total: Option<Tensor> = None;
+    let mut log = StepLog::default();
+    for sample in samples.iter().filter(|x| !x.instances.is_empty()) {
+        let views = augment::views(sample, rng);
+        let pre = cfg.profile.preprocessing();
+        let (weak_in, frame) = transforms::preprocess(&views.weak.image, sam.input_size, pre, dev)?;
+        let (strong_in, _) = transforms::preprocess(&views.strong, sam.input_size, pre, dev)?;
+        let prompts = make_prompts(&views.weak.instances, &frame, cfg.prompt, &cfg.prompts, rng)
+            .to_model(low, cfg.prompts.coarse_mask_logit, dev)?;
+
+        let e_a = sam.encode(&weak_in, None)?;
+        let (low_a, _) = sam.decode(&e_a, &prompts, false)?;
+        let e_t = sam.encode(&weak_in, Some(teacher))?;
+        let (low_t, _) = sam.decode(&e_t, &prompts, false)?;
+        let e_s = sam.encode(&strong_in, Some(lora))?;
+        let (low_s, iou_s) = sam.decode(&e_s, &prompts, false)?;
+
+        let res = cfg.train.loss_resolution;
+        let (m_a, m_t, m_s) = (
+            loss_masks(&low_a, res, sam.input_size)?,
+            loss_masks(&low_t, res, sam.input_size)?,
+            loss_masks(&low_s, res, sam.input_size)?,
+        );
+        let (e_t, e_a) = (e_t.squeeze(0)?, e_a.squeeze(0)?);
+        let loss = wesam_image_loss(
+            &cfg.losses,
+            cfg.profile,
+            &StudentOutputs {
+                masks: &m_s,
+                iou_pred: &iou_s,
+            },
+            &WeakOutputs {
+                masks: &m_t,
+                low_res: &low_t,
+                embeddings: &e_t,
+            },
+            &WeakOutputs {
+                masks: &m_a,
+                low_res: &low_a,
+                embeddings: &e_a,
+            },
+            n_total,
+        )?;
+        let value = |t: &Tensor| -> Result<f64> {
+            Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+        };
+        log.total += value(&loss.total)?;
+        log.focal += value(&loss.focal)?;
+        log.dice += value(&loss.dice)?;
+        log.iou += value(&loss.iou)?;
+        log.anchor += value(&loss.anchor)?;
+        log.contrastive += value(&loss.contrastive)?;
+        total = Some(match total {
+            Some(t) => (t + loss.total)?,
+            None => loss.total,
+        });
+    }
+    Ok(total.map(|t| (t, log)))
+}
+
+/// A copy of the adapters with storage of its own (the EMA teacher).
+fn clone_lora(lora: &Lora, sam: &Sam) -> Result<Lora> {
+    let copy = Lora::new(&sam.config, &lora.config, 0, &sam.device)?;
+    for ((_, dst), (_, src)) in copy.named_vars().iter().zip(lora.named_vars()) {
+        dst.set(&src.as_tensor().copy()?)?;
+    }
+    Ok(copy)
+}
+
+/// `ema = m ema + (1 - m) lora`, tensor by tensor.
+fn ema_update(ema: &Lora, lora: &Lora, m: f64) -> Result<()> {
+    for ((_, e), (_, l)) in ema.named_vars().iter().zip(lora.named_vars()) {
+        let v = ((e.as_tensor() * m)? + (l.as_tensor().detach() * (1.0 - m))?)?;
+        e.set(&v)?;
+    }
+    Ok(())
+}
+
+/// Tensors of a set of named variables under a prefix.
+fn named_tensors(prefix: &str, vars: &[(String, Var)]) -> Vec<(String, Tensor)> {
+    vars.iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v.as_tensor().detach()))
+        .collect()
+}
+
+/// Writes the checkpoint: adapters, EMA teacher, best adapters, optimiser state and progress.
+fn save_checkpoint(
+    run: &RunDir,
+    lora: &Lora,
+    ema: Option<&Lora>,
+    best: &HashMap<String, Tensor>,
+    opt: &Adam,
+    progress: &Progress,
+) -> Result<()> {
+    let mut tensors = named_tensors("lora.", &lora.named_vars());
+    if let Some(e) = ema {
+        tensors.extend(named_tensors("ema.", &e.named_vars()));
+    }
+    tensors.extend(best.iter().map(|(k, v)| (format!("best.{k}"), v.clone())));
+    tensors.extend(
+        opt.state()?
+            .into_iter()
+            .map(|(k, v)| (format!("optim.{k}"), v)),
+    );
+    let meta = HashMap::from([(PROGRESS_KEY.to_string(), serde_json::to_string(progress)?)]);
+    write_safetensors(&run.checkpoint(), &tensors, meta)
+}
+
+/// Sets variables from `prefix`-ed tensors of a checkpoint.
+fn restore_vars(
+    vars: &[(String, Var)],
+    prefix: &str,
+    t: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    for (k, v) in vars {
+        let src = t.get(&format!("{prefix}{k}")).with_context(|| {
+            format!(
+                "{}: no `{prefix}{k}` (was the configuration changed?)",
+                path.display()
+            )
+        })?;
+        v.set(src)?;
+    }
+    Ok(())
+}
+
+/// `metrics.csv` from the rows so far (direct first).
+fn write_metrics(run: &RunDir, direct: Scores, rows: &[EpochRow]) -> Result<()> {
+    let mut text = String::from(
+        "epoch,steps,lr,loss,focal,dice_loss,iou_loss,anchor,contrastive,skipped_steps,miou,dice,val_miou\n",
+    );
+    text.push_str(&format!(
+        "0,0,0,,,,,,,0,{:.4},{:.4},\n",
+        direct.miou, direct.dice
+    ));
+    for r in rows {
+        let val = r.val.map(|v| format!("{:.4}", v.miou)).unwrap_or_default();
+        text.push_str(&format!(
+            "{},{},{:e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.4},{:.4},{val}\n",
+            r.epoch,
+            r.steps,
+            r.lr,
+            r.loss,
+            r.focal,
+            r.dice_loss,
+            r.iou_loss,
+            r.anchor,
+            r.contrastive,
+            r.skipped_steps,
+            r.eval.miou,
+            r.eval.dice
+        ));
+    }
+    crate::io::write_atomically(&run.metrics(), |tmp| Ok(std::fs::write(tmp, text)?))
+}
+
+/// How evaluation is configured for this run.
+fn eval_config(cfg: &AdaptConfig) -> EvalConfig {
+    let mut prompts = cfg.prompts.clone();
+    prompts.negatives_in_padding |= cfg.profile == Profile::WesamReference;
+    EvalConfig {
+        prompt: cfg.prompt,
+        prompts,
+        profile: cfg.profile,
+        seed: cfg.train.seed,
+        save_masks: None,
+    }
+}
+
+/// Evaluates `lora` (or the anchor) on records, quietly.
+fn eval_on(s: &Setup, lora: Option<&Lora>, records: &[Record], what: &str) -> Result<EvalReport> {
+    let bar = crate::cli::progress_bar(records.len() as u64, what);
+    let report = evaluate(
+        s.sam,
+        lora,
+        load_parallel(s.dataset, records, 2 * rayon::current_num_threads()),
+        &eval_config(s.cfg),
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    for issue in &report.skipped {
+        eprintln!("warning: {what}: skipped {}: {}", issue.file, issue.reason);
+    }
+    Ok(report)
+}
+
+/// Options of one invocation that are not part of the configuration.
+pub struct RunControl<'a> {
+    /// Continue the run in the directory from its checkpoint.
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to checkpoint and stop after the current step.
+    pub interrupt: &'a AtomicBool,
+    /// Stop abruptly after this many steps of this invocation, without a checkpoint (tests of
+    /// resuming after a crash).
+    pub crash_after: Option<usize>,
+}
+
+/// The run was stopped on request after a checkpoint; `--resume` continues it.
+#[derive(Debug)]
+pub struct Interrupted(pub PathBuf);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted; checkpoint saved, continue with `wesam adapt --resume {}`",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Runs (or resumes) an adaptation in `run`.
+pub fn adapt(
+    cfg: &AdaptConfig,
+    sam: &Sam,
+    dataset: &dyn Dataset,
+    run: &RunDir,
+    ctl: &RunControl,
+) -> Result<Outcome> {
+    let mut train = dataset.records(cfg.data.train_split);
+    if let Some(n) = cfg.data.train_limit {
+        train.truncate(n);
+    }
+    let mut eval = dataset.records(cfg.data.eval_split);
+    if let Some(n) = cfg.data.eval_limit {
+        eval.truncate(n);
+    }
+    if train.is_empty() {
+        bail!(
+            "the {:?} split of `{}` has no images to adapt on",
+            cfg.data.train_split,
+            dataset.name()
+        );
+    }
+    let select = match cfg.profile {
+        // The reference picks the best epoch on its evaluation split (reported as such).
+        Profile::WesamReference => Some(eval.clone()),
+        Profile::Sam if cfg.data.options.val_fraction > 0.0 => Some(dataset.records(Split::Val)),
+        Profile::Sam => None,
+    };
+    let s = Setup {
+        cfg,
+        sam,
+        dataset,
+        train,
+        eval,
+        select,
+    };
+    std::fs::create_dir_all(&run.0)
+        .with_context(|| format!("cannot create {}", run.0.display()))?;
+
+    let lora = Lora::new(&sam.config, &cfg.model.lora, cfg.train.seed, &sam.device)?;
+    let ema = cfg
+        .train
+        .ema_momentum
+        .map(|_| clone_lora(&lora, sam))
+        .transpose()?;
+    let mut opt = Adam::new_named(lora.named_vars(), cfg.train.adam())?;
+    let mut best: HashMap<String, Tensor> = HashMap::new();
+    let mut progress = Progress::default();
+    if ctl.resume {
+        let (t, meta) = read_safetensors(&run.checkpoint(), &sam.device)
+            .with_context(|| format!("cannot resume from {}", run.0.display()))?;
+        progress = serde_json::from_str(
+            meta.get(PROGRESS_KEY)
+                .context("checkpoint without progress")?,
+        )?;
+        restore_vars(&lora.named_vars(), "lora.", &t, &run.checkpoint())?;
+        if let Some(e) = &ema {
+            restore_vars(&e.named_vars(), "ema.", &t, &run.checkpoint())?;
+        }
+        let optim: HashMap<String, Tensor> = t
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("optim.").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        opt.load_state(&optim)?;
+        best = t
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("best.").map(|k| (k.to_string(), v.clone())))
+            .collect();
+        eprintln!(
+            "resuming at epoch {}, step {}",
+            progress.epoch + 1,
+            progress.step_in_epoch
+        );
+    } else {
+        std::fs::write(run.config(), cfg.to_toml()?)
+            .with_context(|| format!("cannot write {}", run.config().display()))?;
+    }
+    let direct = match progress.direct {
+        Some(d) => d,
+        None => {
+            let report = eval_on(&s, None, &s.eval, "direct")?;
+            eprintln!(
+                "direct: mIoU {:.2}, Dice {:.2} on {} images",
+                report.miou, report.dice, report.images
+            );
+            let d = Scores::from(&report);
+            progress.direct = Some(d);
+            write_metrics(run, d, &progress.rows)?;
+            d
+        }
+    };
+
+    let batch = cfg.train.batch_size.max(1);
+    let steps_per_epoch = s.train.len().div_ceil(batch);
+    let mut steps_this_invocation = 0;
+    while progress.epoch < cfg.train.epochs {
+        let order = epoch_order(s.train.len(), cfg.train.seed, progress.epoch);
+        let bar = crate::cli::progress_bar(
+            steps_per_epoch as u64,
+            &format!("epoch {}/{}", progress.epoch + 1, cfg.train.epochs),
+        );
+        bar.set_position(progress.step_in_epoch as u64);
+        while progress.step_in_epoch < steps_per_epoch {
+            let idx = &order[progress.step_in_epoch * batch
+                ..((progress.step_in_epoch + 1) * batch).min(order.len())];
+            let records: Vec<Record> = idx.iter().map(|&i| s.train[i].clone()).collect();
+            let mut samples = Vec::with_capacity(records.len());
+            for (record, sample) in load_parallel(dataset, &records, batch) {
+                match sample {
+                    Ok(x) => samples.push(x),
+                    Err(e) => eprintln!("warning: skipped {}: {e:#}", record.image.display()),
+                }
+            }
+            let lr = cfg.train.schedule.lr(cfg.train.lr, progress.global_step);
+            let mut rng = step_rng(cfg.train.seed, progress.global_step);
+            // The EMA teacher is not trained: it runs on detached views of its weights.
+            let ema_teacher = ema.as_ref().map(Lora::frozen);
+            match batch_loss(
+                &s,
+                &lora,
+                ema_teacher.as_ref().unwrap_or(&lora),
+                &mut samples,
+                &mut rng,
+            )? {
+                Some((loss, log)) if log.total.is_finite() => {
+                    let grads = loss.backward()?;
+                    opt.set_learning_rate(lr);
+                    opt.step(&grads)?;
+                    if let (Some(e), Some(m)) = (&ema, cfg.train.ema_momentum) {
+                        ema_update(e, &lora, m)?;
+                    }
+                    progress.nonfinite_in_a_row = 0;
+                    let p = &mut progress.partial;
+                    p.steps += 1;
+                    p.lr = lr;
+                    p.loss += log.total;
+                    p.focal += log.focal;
+                    p.dice_loss += log.dice;
+                    p.iou_loss += log.iou;
+                    p.anchor += log.anchor;
+                    p.contrastive += log.contrastive;
+                    bar.set_message(format!("loss {:.4} lr {lr:.2e}", log.total));
+                }
+                Some((_, log)) => {
+                    progress.partial.skipped_steps += 1;
+                    progress.nonfinite_in_a_row += 1;
+                    eprintln!(
+                        "warning: non-finite loss ({}) at step {}: step skipped",
+                        log.total, progress.global_step
+                    );
+                    if progress.nonfinite_in_a_row >= cfg.train.max_nonfinite {
+                        bail!(
+                            "{} non-finite losses in a row: stopping (lower the learning rate, or check the data)",
+                            progress.nonfinite_in_a_row
+                        );
+                    }
+                }
+                None => progress.partial.skipped_steps += 1,
+            }
+            progress.step_in_epoch += 1;
+            progress.global_step += 1;
+            steps_this_invocation += 1;
+            bar.inc(1);
+            if ctl.crash_after == Some(steps_this_invocation) {
+                bail!("stopped after {steps_this_invocation} steps without a checkpoint (--crash-after-steps)");
+            }
+            let due = cfg.train.checkpoint_every > 0
+                && progress.global_step % cfg.train.checkpoint_every == 0;
+            if due || ctl.interrupt.load(Ordering::SeqCst) {
+                save_checkpoint(run, &lora, ema.as_ref(), &best, &opt, &progress)?;
+            }
+            if ctl.interrupt.load(Ordering::SeqCst) {
+                bar.abandon();
+                return Err(Interrupted(run.0.clone()).into());
+            }
+        }
+        bar.finish_and_clear();
+
+        // End of epoch: evaluate, select, log, checkpoint.
+        let used = ema.as_ref().unwrap_or(&lora);
+        let report = eval_on(&s, Some(used), &s.eval, "eval")?;
+        let mut row = std::mem::take(&mut progress.partial);
+        let steps = row.steps.max(1) as f64;
+        for v in [
+            &mut row.loss,
+            &mut row.focal,
+            &mut row.dice_loss,
+            &mut row.iou_loss,
+            &mut row.anchor,
+            &mut row.contrastive,
+        ] {
+            *v /= steps;
+        }
+        row.epoch = progress.epoch + 1;
+        row.eval = Scores::from(&report);
+        let selection = match &s.select {
+            Some(records) if cfg.profile == Profile::Sam => {
+                let v = Scores::from(&eval_on(&s, Some(used), records, "val")?);
+                row.val = Some(v);
+                Some(v.miou)
+            }
+            Some(_) => Some(report.miou),
+            None => None,
+        };
+        if let Some(score) = selection {
+            if progress.best_epoch.is_none() || score > progress.best_score {
+                progress.best_epoch = Some(row.epoch);
+                progress.best_score = score;
+                best = used
+                    .named_vars()
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, v.as_tensor().copy()?)))
+                    .collect::<candle_core::Result<_>>()?;
+            }
+        }
+        eprintln!(
+            "epoch {}: loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}, anchor {:.4}, contrastive {:.4}), {} skipped; eval mIoU {:.2}, Dice {:.2}",
+            row.epoch, row.loss, row.focal, row.dice_loss, row.iou_loss, row.anchor, row.contrastive, row.skipped_steps, row.eval.miou, row.eval.dice
+        );
+        progress.rows.push(row);
+        progress.epoch += 1;
+        progress.step_in_epoch = 0;
+        write_metrics(run, direct, &progress.rows)?;
+        save_checkpoint(run, &lora, ema.as_ref(), &best, &opt, &progress)?;
+    }
+
+    // The selected adapters: the best epoch's, or the last.
+    let final_lora = ema.as_ref().unwrap_or(&lora);
+    if !best.is_empty() {
+        restore_vars(&final_lora.named_vars(), "", &best, &run.checkpoint())?;
+    }
+    let adapted = match progress.best_epoch {
+        Some(e) => progress.rows[e - 1].eval,
+        None => progress.rows.last().map(|r| r.eval).unwrap_or(direct),
+    };
+    final_lora.save(&run.adapter())?;
+    sam.save(&run.merged(), Some(final_lora))?;
+    Ok(Outcome {
+        direct,
+        adapted,
+        out: run.0.clone(),
+    })
+}

@@ -1,0 +1,246 @@
+//! `wesam adapt`: weakly supervised self-training of a SAM checkpoint on a target dataset.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::args::DatasetArgs;
+use crate::adapt::config::{AdaptConfig, LossResolution, OptimizerKind};
+use crate::adapt::train::{adapt, Interrupted, RunControl, RunDir};
+use crate::data::prompts::PromptKind;
+use crate::device::DeviceKind;
+use crate::model::{ModelType, Sam};
+use crate::profile::Profile;
+
+#[derive(clap::Args, Debug)]
+pub struct AdaptArgs {
+    /// A TOML configuration (see configs/); flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset name (its configs/<name>.toml is the base) or a folder-layout directory.
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    prompt: Option<PromptKind>,
+    /// SAM checkpoint to adapt.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    #[arg(long)]
+    model_type: Option<ModelType>,
+    /// Model input size (e.g. 512 on a CPU); position tables are interpolated.
+    #[arg(long)]
+    image_size: Option<usize>,
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// Use an EMA teacher with this momentum (e.g. 0.999).
+    #[arg(long)]
+    ema: Option<f64>,
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long)]
+    lora_scale: Option<f64>,
+    /// Encoder blocks with adapters, e.g. 0,1,2 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    lora_blocks: Option<Vec<usize>>,
+    /// Turn loss terms off (ablations): any of focal, dice, iou, anchor, contrastive.
+    #[arg(long, value_delimiter = ',')]
+    without: Vec<String>,
+    #[arg(long, value_enum)]
+    loss_resolution: Option<LossResolution>,
+    #[arg(long)]
+    max_instances: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Fraction of the adaptation split held out to select the best epoch.
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Adapt on at most N images.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Evaluate on at most N images.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Run directory (default: runs/<dataset>-<prompt>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (its config.toml is used).
+    #[arg(long, conflicts_with_all = ["config", "dataset", "out"])]
+    resume: Option<PathBuf>,
+    /// End by printing one JSON object (direct and adapted scores, run directory) on stdout.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value_t)]
+    device: DeviceKind,
+    /// Testing aid: stop abruptly after N steps, without a checkpoint (as a crash would).
+    #[arg(long, hide = true)]
+    crash_after_steps: Option<usize>,
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, for run directory names.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The configuration: built-in (per dataset) or `--config`, then every flag given.
+fn resolve(a: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
+    let mut c = match (&a.config, &a.dataset) {
+        (Some(path), _) => AdaptConfig::from_file(path)?,
+        (None, Some(name)) => AdaptConfig::built_in(name)?.unwrap_or_default(),
+        (None, None) => AdaptConfig::default(),
+    };
+    if let Some(d) = &a.dataset {
+        c.data.dataset = d.clone();
+    }
+    macro_rules! set {
+        ($($flag:ident => $($field:ident).+),* $(,)?) => {
+            $(if let Some(v) = &a.$flag { c.$($field).+ = v.clone().into(); })*
+        };
+    }
+    set!(
+        data_root => data.data_root, checkpoint => model.checkpoint, model_type => model.model_type,
+        image_size => model.image_size, prompt => prompt, profile => profile, epochs => train.epochs,
+        batch_size => train.batch_size, lr => train.lr, optimizer => train.optimizer, ema => train.ema_momentum,
+        lora_rank => model.lora.rank, lora_scale => model.lora.scale, lora_blocks => model.lora.blocks,
+        loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,
+        val_fraction => data.options.val_fraction, train_limit => data.train_limit,
+        eval_limit => data.eval_limit, checkpoint_every => train.checkpoint_every,
+    );
+    for term in &a.without {
+        let t = match term.as_str() {
+            "focal" => &mut c.losses.focal,
+            "dice" => &mut c.losses.dice,
+            "iou" => &mut c.losses.iou,
+            "anchor" => &mut c.losses.anchor,
+            "contrastive" => &mut c.losses.contrastive,
+            other => {
+                bail!("--without {other}: not a loss term (focal, dice, iou, anchor, contrastive)")
+            }
+        };
+        t.enabled = false;
+    }
+    c.data.options = c.data.options.for_profile(c.profile);
+    Ok(c)
+}
+
+pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
+    let (cfg, run) = match &a.resume {
+        Some(dir) => (
+            AdaptConfig::from_file(&RunDir(dir.clone()).config())?,
+            RunDir(dir.clone()),
+        ),
+        None => {
+            let cfg = resolve(&a)?;
+            if cfg.data.dataset.is_empty() {
+                bail!("give --dataset NAME|DIR (or --config FILE); see `wesam adapt --help`");
+            }
+            let name = std::path::Path::new(&cfg.data.dataset)
+                .file_name()
+                .map_or(cfg.data.dataset.clone(), |n| {
+                    n.to_string_lossy().into_owned()
+                });
+            let prompt = serde_json::to_value(cfg.prompt)?
+                .as_str()
+                .unwrap_or("prompt")
+                .to_string();
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("runs/{name}-{prompt}-{}", utc_stamp())));
+            if out.join("checkpoint.safetensors").exists() {
+                bail!(
+                    "{} already holds a run: continue it with --resume, or choose another --out",
+                    out.display()
+                );
+            }
+            (cfg, RunDir(out))
+        }
+    };
+    let dev = a.device.open()?;
+    let checkpoint = cfg
+        .model
+        .checkpoint
+        .clone()
+        .context("give --checkpoint FILE (the SAM weights to adapt)")?;
+    let sam = Sam::load(
+        &checkpoint,
+        cfg.model.model_type,
+        cfg.model.image_size,
+        &dev,
+    )?;
+    let data = DatasetArgs {
+        dataset: cfg.data.dataset.clone(),
+        data_root: cfg.data.data_root.clone(),
+        mask_threshold: None,
+        instances: None,
+    };
+    let dataset = data.open(cfg.data.options.clone())?;
+
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    // A second Ctrl-C is not caught again: the handler only sets the flag.
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("\ninterrupt: saving a checkpoint after this step...");
+        flag.store(true, Ordering::SeqCst);
+    });
+    let ctl = RunControl {
+        resume: a.resume.is_some(),
+        interrupt: &interrupt,
+        crash_after: a.crash_after_steps,
+    };
+    let outcome = match adapt(&cfg, &sam, dataset.as_ref(), &run, &ctl) {
+        Ok(o) => o,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("{e}");
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e),
+    };
+    eprintln!("|        | mIoU  | Dice  |");
+    eprintln!("|--------|-------|-------|");
+    eprintln!(
+        "| direct | {:.2} | {:.2} |",
+        outcome.direct.miou, outcome.direct.dice
+    );
+    eprintln!(
+        "| adapted| {:.2} | {:.2} |",
+        outcome.adapted.miou, outcome.adapted.dice
+    );
+    eprintln!("run directory: {}", outcome.out.display());
+    if a.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    }
+    Ok(())
+}

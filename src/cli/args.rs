@@ -1,0 +1,84 @@
+//! Command-line arguments shared by several commands: which model, which dataset.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+
+use crate::data::datasets::{self, DatasetSpec};
+use crate::data::{Dataset, DatasetOptions, InstanceMode};
+use crate::device::DeviceKind;
+use crate::model::{Lora, ModelType, Sam};
+use crate::profile::Profile;
+
+/// The model to run: a checkpoint, optional adapters, the input size and the device.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// SAM checkpoint (.pth, safetensors or HuggingFace safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The model type; detected from the checkpoint when not given.
+    #[arg(long)]
+    pub model_type: Option<ModelType>,
+    /// LoRA adapter to apply.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Model input size (default: the checkpoint's); position tables are interpolated.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceKind,
+}
+
+impl ModelArgs {
+    /// Opens the device and loads the model and its adapters.
+    pub fn load(&self) -> anyhow::Result<(Sam, Option<Lora>, Device)> {
+        let dev = self.device.open()?;
+        let sam = Sam::load(&self.checkpoint, self.model_type, self.image_size, &dev)?;
+        let lora = match &self.lora {
+            Some(p) => Some(Lora::load(p, &sam.config, &dev)?),
+            None => None,
+        };
+        Ok((sam, lora, dev))
+    }
+}
+
+/// Which dataset, where, and how its masks are read.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatasetArgs {
+    /// A dataset name (kvasir, isic, camo, cod10k, chameleon, coco, voc, ocid, osd, folder) or a
+    /// directory in the `folder` layout (`images/` and `masks/`).
+    #[arg(long)]
+    pub dataset: String,
+    /// Root directory of a named dataset.
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Grey level above which a mask pixel is foreground (default 127; the reference uses 0).
+    #[arg(long)]
+    pub mask_threshold: Option<u8>,
+    /// Instance extraction: every distinct mask value, or every connected component.
+    #[arg(long, value_enum)]
+    pub instances: Option<InstanceMode>,
+}
+
+impl DatasetArgs {
+    /// The dataset options these arguments and the profile give.
+    pub fn options(&self, profile: Profile) -> DatasetOptions {
+        let mut o = DatasetOptions::default().for_profile(profile);
+        if let Some(t) = self.mask_threshold {
+            o.mask_threshold = t;
+        }
+        o.instances = self.instances.or(o.instances);
+        o
+    }
+
+    /// Opens the dataset.
+    pub fn open(&self, options: DatasetOptions) -> anyhow::Result<Box<dyn Dataset>> {
+        let spec = DatasetSpec {
+            name: self.dataset.clone(),
+            root: self.data_root.clone(),
+            options,
+        };
+        datasets::open(&spec).with_context(|| format!("opening dataset `{}`", self.dataset))
+    }
+}

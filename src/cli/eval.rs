@@ -1,0 +1,135 @@
+//! `wesam eval`: mIoU, Dice and boundary IoU of a model on a dataset split with weak prompts.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::args::{DatasetArgs, ModelArgs};
+use crate::data::loader::load_parallel;
+use crate::data::prompts::{PromptConfig, PromptKind};
+use crate::data::Split;
+use crate::eval::{evaluate, EvalConfig, EvalReport};
+use crate::profile::Profile;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DatasetArgs,
+    /// The weak label used as prompt.
+    #[arg(long, value_enum, default_value = "box")]
+    prompt: PromptKind,
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
+    /// `sam` (official preprocessing, logit > 0, scored at image resolution) or
+    /// `wesam-reference` (the reference code's preprocessing and metric).
+    #[arg(long, value_enum, default_value_t)]
+    profile: Profile,
+    /// Evaluate only the first N images of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of the point sampling.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write predicted masks (instance ids) and overlays into this directory.
+    #[arg(long)]
+    save_masks: Option<PathBuf>,
+    /// Write per-instance scores to this CSV file.
+    #[arg(long)]
+    per_instance: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    dataset: &'a str,
+    split: Split,
+    prompt: PromptKind,
+    #[serde(flatten)]
+    report: &'a EvalReport,
+    images_per_second: f64,
+}
+
+fn write_csv(path: &std::path::Path, report: &EvalReport) -> anyhow::Result<()> {
+    let mut text = String::from("image,instance,iou,dice,biou\n");
+    for r in &report.per_instance {
+        text.push_str(&format!(
+            "{},{},{:.6},{:.6},{:.6}\n",
+            r.image, r.instance, r.iou, r.dice, r.biou
+        ));
+    }
+    crate::io::write_atomically(path, |tmp| Ok(std::fs::write(tmp, text)?))
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let (sam, lora, _) = a.model.load()?;
+    let dataset = a.data.open(a.data.options(a.profile))?;
+    let mut records = dataset.records(a.split);
+    if let Some(n) = a.limit {
+        records.truncate(n);
+    }
+    if records.is_empty() {
+        anyhow::bail!(
+            "the {:?} split of `{}` has no images",
+            a.split,
+            dataset.name()
+        );
+    }
+    let prompts = PromptConfig {
+        negatives_in_padding: a.profile == Profile::WesamReference,
+        ..Default::default()
+    };
+    let cfg = EvalConfig {
+        prompt: a.prompt,
+        prompts,
+        profile: a.profile,
+        seed: a.seed,
+        save_masks: a.save_masks.clone(),
+    };
+    let bar = super::progress_bar(records.len() as u64, "eval");
+    let chunk = crate::data::loader::default_chunk();
+    let report = evaluate(
+        &sam,
+        lora.as_ref(),
+        load_parallel(dataset.as_ref(), &records, chunk),
+        &cfg,
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    if let Some(p) = &a.per_instance {
+        write_csv(p, &report)?;
+    }
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.file, s.reason);
+    }
+    let name = dataset.name();
+    let ips = report.images as f64 / report.seconds.max(1e-9);
+    if a.json {
+        let j = JsonReport {
+            dataset: &name,
+            split: a.split,
+            prompt: a.prompt,
+            report: &report,
+            images_per_second: ips,
+        };
+        println!("{}", serde_json::to_string(&j)?);
+    } else {
+        println!("| dataset | split | prompt | images | instances | mIoU | mDice | mBIoU |");
+        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {name} | {:?} | {:?} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            a.split,
+            a.prompt,
+            report.images,
+            report.instances,
+            report.miou,
+            report.dice,
+            report.biou
+        );
+        eprintln!("{:.1} s, {ips:.2} images/s", report.seconds);
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `wesam data check` on the real datasets in `../shared/data` (next to the project, see its
+//! README): Kvasir-SEG by name, CVC-ClinicDB-256 and isbi2012-em as folders. A clone without
+//! that folder skips these tests, saying so.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// `../shared/data/<name>`, or `None` (with the reason printed) when it is absent.
+fn shared(name: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(name);
+    if !dir.is_dir() {
+        eprintln!(
+            "skipped: {} is absent (real data lives there)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+fn data_check(dataset: &str, root: Option<&PathBuf>) -> Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wesam"));
+    cmd.args(["data", "check", "--json", "--dataset", dataset]);
+    if let Some(root) = root {
+        cmd.arg("--data-root").arg(root);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn splits(report: &Value) -> [u64; 3] {
+    ["train", "val", "test"].map(|s| report["splits"][s].as_u64().unwrap())
+}
+
+/// The reasons given for skipped or suspicious files.
+fn reasons(report: &Value) -> Vec<String> {
+    report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn kvasir_seg_has_1000_images_split_834_to_166() {
+    let Some(root) = shared("Kvasir-SEG") else {
+        return;
+    };
+    let report = data_check("kvasir", Some(&root));
+    assert_eq!(report["images"], 1000);
+    assert_eq!(splits(&report), [834, 0, 166]);
+    // one connected component per polyp at least; the only suspicious files are masks with
+    // specks of a few pixels beside the polyp
+    assert!(report["instances"].as_u64().unwrap() >= 1000);
+    assert!(
+        reasons(&report).iter().all(|r| r.contains("is tiny")),
+        "{:?}",
+        reasons(&report)
+    );
+}
+
+#[test]
+fn cvc_clinicdb_is_a_folder_of_609_binary_masks() {
+    let Some(root) = shared("CVC-ClinicDB-256") else {
+        return;
+    };
+    let report = data_check(root.to_str().unwrap(), None);
+    assert_eq!(report["images"], 609);
+    assert_eq!(report["instances"], 609);
+    assert_eq!(splits(&report), [508, 0, 101]);
+    assert_eq!(report["skipped"], Value::Array(Vec::new()));
+}
+
+#[test]
+fn isbi2012_instance_ids_become_instances() {
+    let Some(root) = shared("isbi2012-em") else {
+        return;
+    };
+    let report = data_check(root.to_str().unwrap(), None);
+    assert_eq!(report["images"], 30);
+    assert_eq!(report["instances"], 3431);
+    assert_eq!(splits(&report), [25, 0, 5]);
+}
