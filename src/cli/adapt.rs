@@ -85,6 +85,12 @@ pub struct AdaptArgs {
     json: bool,
     #[arg(long, value_enum, default_value_t)]
     device: DeviceKind,
+    /// Corrupt every image with one of the 15 COCO-C corruptions (`--dataset coco-c`).
+    #[arg(long, value_enum)]
+    corruption: Option<crate::data::corrupt::Corruption>,
+    /// Severity of the corruption, 1 to 5.
+    #[arg(long, default_value_t = 5)]
+    severity: u8,
     /// Testing aid: stop abruptly after N steps, without a checkpoint (as a crash would).
     #[arg(long, hide = true)]
     crash_after_steps: Option<usize>,
@@ -205,6 +211,8 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
         data_root: cfg.data.data_root.clone(),
         mask_threshold: None,
         instances: None,
+        corruption: a.corruption,
+        severity: a.severity,
     };
     let dataset = data.open(cfg.data.options.clone())?;
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 
+use crate::data::corrupt::Corruption;
+use crate::data::corrupted::{Corrupted, CorruptionSpec};
 use crate::data::datasets::{self, DatasetSpec};
 use crate::data::{Dataset, DatasetOptions, InstanceMode};
 use crate::device::DeviceKind;
@@ -59,6 +61,13 @@ pub struct DatasetArgs {
     /// Instance extraction: every distinct mask value, or every connected component.
     #[arg(long, value_enum)]
     pub instances: Option<InstanceMode>,
+    /// Corrupt every image on load with one of the 15 COCO-C corruptions (`--dataset coco-c`
+    /// is COCO with a corruption).
+    #[arg(long, value_enum)]
+    pub corruption: Option<Corruption>,
+    /// Severity of the corruption, 1 to 5.
+    #[arg(long, default_value_t = 5)]
+    pub severity: u8,
 }
 
 impl DatasetArgs {
@@ -74,11 +83,32 @@ impl DatasetArgs {
 
     /// Opens the dataset.
     pub fn open(&self, options: DatasetOptions) -> anyhow::Result<Box<dyn Dataset>> {
+        let name = match self.dataset.as_str() {
+            "coco-c" if self.corruption.is_none() => {
+                anyhow::bail!(
+                    "--dataset coco-c needs --corruption NAME (e.g. fog) and --severity 1-5"
+                )
+            }
+            "coco-c" => "coco".to_string(),
+            other => other.to_string(),
+        };
         let spec = DatasetSpec {
-            name: self.dataset.clone(),
+            name,
             root: self.data_root.clone(),
             options,
         };
-        datasets::open(&spec).with_context(|| format!("opening dataset `{}`", self.dataset))
+        let inner =
+            datasets::open(&spec).with_context(|| format!("opening dataset `{}`", self.dataset))?;
+        Ok(match self.corruption {
+            Some(corruption) => Box::new(Corrupted {
+                inner,
+                spec: CorruptionSpec {
+                    corruption,
+                    severity: self.severity,
+                    seed: 0,
+                },
+            }),
+            None => inner,
+        })
     }
 }

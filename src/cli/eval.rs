@@ -119,17 +119,18 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     } else {
         println!("| dataset | split | prompt | images | instances | mIoU | mDice | mBIoU |");
         println!("|---|---|---|---|---|---|---|---|");
+        let label = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
         println!(
-            "| {name} | {:?} | {:?} | {} | {} | {:.2} | {:.2} | {:.2} |",
-            a.split,
-            a.prompt,
+            "| {name} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            label(serde_json::to_value(a.split)?),
+            label(serde_json::to_value(a.prompt)?),
             report.images,
             report.instances,
             report.miou,
             report.dice,
             report.biou
         );
-        eprintln!("{:.1} s, {ips:.2} images/s", report.seconds);
+        eprintln!("\n{:.1} s, {ips:.2} images/s", report.seconds);
     }
     Ok(())
 }

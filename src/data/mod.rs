@@ -6,6 +6,8 @@
 //! memory whole.
 
 pub mod augment;
+pub mod corrupt;
+pub mod corrupted;
 pub mod datasets;
 pub mod loader;
 pub mod mask;
