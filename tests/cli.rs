@@ -162,3 +162,51 @@ fn an_existing_output_survives_a_failed_run() {
     assert!(!o.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"previous result");
 }
+
+#[test]
+fn corrupt_writes_a_folder_dataset_with_the_same_masks() {
+    let src = tmp("corrupt-src");
+    std::fs::create_dir_all(src.join("images")).unwrap();
+    std::fs::create_dir_all(src.join("masks")).unwrap();
+    for i in 0..3u32 {
+        image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 100])
+        })
+        .save(src.join(format!("images/{i}.png")))
+        .unwrap();
+        image::GrayImage::from_fn(40, 30, |x, _| image::Luma([u8::from(x > 10 + i)]))
+            .save(src.join(format!("masks/{i}.png")))
+            .unwrap();
+    }
+    let out = tmp("corrupt-out");
+    let o = wesam(&[
+        "corrupt",
+        "--dataset",
+        src.to_str().unwrap(),
+        "--corruption",
+        "gaussian_noise",
+        "--severity",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..3u32 {
+        let a = image::open(src.join(format!("images/{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        let b = image::open(out.join(format!("images/{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(a.dimensions(), b.dimensions());
+        assert_ne!(a, b, "image {i} was not corrupted");
+        let m = image::open(out.join(format!("masks/{i}.png")))
+            .unwrap()
+            .to_luma8();
+        assert_eq!(
+            m.pixels().filter(|p| p.0[0] == 1).count(),
+            30 * (29 - i as usize)
+        );
+    }
+    assert!(out.join("splits/train.txt").exists() && out.join("splits/test.txt").exists());
+}

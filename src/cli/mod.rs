@@ -3,6 +3,7 @@
 mod adapt;
 mod args;
 mod bench;
+mod corrupt;
 mod data;
 mod eval;
 mod merge;
@@ -22,6 +23,8 @@ pub struct Cli {
 enum Command {
     /// Adapt a SAM checkpoint to a target dataset by weakly supervised self-training.
     Adapt(adapt::AdaptArgs),
+    /// Write a corrupted copy of a dataset (folder layout) with one of the COCO-C corruptions.
+    Corrupt(corrupt::CorruptArgs),
     /// Score a model on a dataset split with weak prompts (mIoU, Dice, boundary IoU).
     Eval(eval::EvalArgs),
     /// Inspect datasets: `data check` indexes and loads one and reports what it holds.
@@ -39,6 +42,7 @@ pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Adapt(a) => adapt::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Corrupt(a) => corrupt::run(a),
         Command::Data(a) => data::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Merge(a) => merge::run(a),
