@@ -48,11 +48,30 @@ pub fn open(root: &Path, options: &DatasetOptions) -> anyhow::Result<Paired> {
         }));
         issues.extend(left_out);
     }
+    Ok(tabletop_dataset(
+        "ocid",
+        pairs,
+        issues,
+        DEFAULT_INTERLEAVE,
+        options,
+    ))
+}
+
+/// A robot-tabletop dataset (OCID, OSD) from its image/label pairs: images without objects
+/// left out (and reported), a k:1 interleave (`default_k` unless the options set it), and
+/// [`Tabletop`] instance extraction.
+pub fn tabletop_dataset(
+    name: &str,
+    pairs: Vec<Pair>,
+    mut issues: Vec<FileIssue>,
+    default_k: usize,
+    options: &DatasetOptions,
+) -> Paired {
     let (pairs, empty) = keep_with_objects(pairs, options.mask_threshold);
     issues.extend(empty);
-    let k = options.interleave.unwrap_or(DEFAULT_INTERLEAVE);
-    Ok(Paired::new(
-        "ocid",
+    let k = options.interleave.unwrap_or(default_k);
+    Paired::new(
+        name,
         Splits::interleaved(
             pairs.into_iter().map(Pair::record).collect(),
             k,
@@ -61,7 +80,7 @@ pub fn open(root: &Path, options: &DatasetOptions) -> anyhow::Result<Paired> {
         issues,
         options.mask_threshold,
         Box::new(Tabletop(options.instances.unwrap_or(InstanceMode::Values))),
-    ))
+    )
 }
 
 /// Collects, in sorted order, the folders below `dir` named `*seq*` that hold an `rgb/` folder.

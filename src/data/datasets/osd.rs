@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use super::files::{self, Pair};
-use super::ocid::{keep_with_objects, Tabletop};
+use super::files;
+use super::ocid::tabletop_dataset;
 use super::paired::Paired;
-use crate::data::split::Splits;
-use crate::data::{DatasetOptions, InstanceMode};
+use crate::data::DatasetOptions;
 
 /// The release folder's name.
 const FOLDER: &str = "OSD-0.2-depth";
@@ -19,23 +18,16 @@ pub fn open(root: &Path, options: &DatasetOptions) -> anyhow::Result<Paired> {
     let root = files::descend(root, FOLDER);
     let images = files::require_dir(root.join("image_color"), "OSD's images")?;
     let labels = files::require_dir(root.join("annotation"), "OSD's label maps")?;
-    let (pairs, mut issues) = files::pair(
+    let (pairs, issues) = files::pair(
         files::list(&images, &["png"])?,
         files::list(&labels, &["png"])?,
         str::to_string,
     );
-    let (pairs, empty) = keep_with_objects(pairs, options.mask_threshold);
-    issues.extend(empty);
-    let k = options.interleave.unwrap_or(DEFAULT_INTERLEAVE);
-    Ok(Paired::new(
+    Ok(tabletop_dataset(
         "osd",
-        Splits::interleaved(
-            pairs.into_iter().map(Pair::record).collect(),
-            k,
-            options.val_fraction,
-        ),
+        pairs,
         issues,
-        options.mask_threshold,
-        Box::new(Tabletop(options.instances.unwrap_or(InstanceMode::Values))),
+        DEFAULT_INTERLEAVE,
+        options,
     ))
 }
