@@ -1,4 +1,4 @@
-//! `wesam data check` on the real datasets in `../shared/data` (next to the project, see its
+//! `wesam data check` and `wesam eval` on the real datasets in `../shared/data` (next to the project, see its
 //! README): Kvasir-SEG by name, CVC-ClinicDB-256 and isbi2012-em as folders. A clone without
 //! that folder skips these tests, saying so.
 
@@ -90,4 +90,57 @@ fn isbi2012_instance_ids_become_instances() {
     assert_eq!(report["images"], 30);
     assert_eq!(report["instances"], 3431);
     assert_eq!(splits(&report), [25, 0, 5]);
+}
+
+/// `wesam eval --json` of the tiny random SAM on the first images of a dataset's test split.
+fn eval(dataset: &str, root: Option<&PathBuf>, prompt: &str, limit: usize) -> Value {
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model.safetensors");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wesam"));
+    cmd.args([
+        "eval",
+        "--json",
+        "--prompt",
+        prompt,
+        "--limit",
+        &limit.to_string(),
+        "--dataset",
+        dataset,
+    ]);
+    cmd.arg("--checkpoint").arg(model);
+    if let Some(root) = root {
+        cmd.arg("--data-root").arg(root);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn eval_runs_on_kvasir_cvc_and_coco() {
+    let cases = [
+        ("kvasir", shared("Kvasir-SEG").map(Some), "box"),
+        ("coco", shared("coco-val2017-tiny").map(Some), "point"),
+    ];
+    for (name, root, prompt) in cases {
+        let Some(root) = root else { continue };
+        let r = eval(name, root.as_ref(), prompt, 3);
+        assert_eq!(r["images"], 3, "{name}: {r}");
+        assert!(r["instances"].as_u64().unwrap() >= 3);
+        for k in ["miou", "dice", "biou"] {
+            let v = r[k].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&v), "{name} {k} = {v}");
+        }
+    }
+    if let Some(cvc) = shared("CVC-ClinicDB-256") {
+        let r = eval(cvc.to_str().unwrap(), None, "coarse-mask", 3);
+        assert_eq!(
+            (r["images"].as_u64(), r["instances"].as_u64()),
+            (Some(3), Some(3))
+        );
+    }
 }
