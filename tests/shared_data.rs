@@ -22,9 +22,10 @@ fn shared(name: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
-fn data_check(dataset: &str, root: Option<&PathBuf>) -> Value {
+/// Runs `wesam ARGS [--data-root ROOT]`, which must succeed, and parses its JSON output.
+fn wesam_json(args: &[&str], root: Option<&PathBuf>) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wesam"));
-    cmd.args(["data", "check", "--json", "--dataset", dataset]);
+    cmd.args(args);
     if let Some(root) = root {
         cmd.arg("--data-root").arg(root);
     }
@@ -35,6 +36,10 @@ fn data_check(dataset: &str, root: Option<&PathBuf>) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn data_check(dataset: &str, root: Option<&PathBuf>) -> Value {
+    wesam_json(&["data", "check", "--json", "--dataset", dataset], root)
 }
 
 fn splits(report: &Value) -> [u64; 3] {
@@ -96,28 +101,20 @@ fn isbi2012_instance_ids_become_instances() {
 fn eval(dataset: &str, root: Option<&PathBuf>, prompt: &str, limit: usize) -> Value {
     let model =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model.safetensors");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wesam"));
-    cmd.args([
+    let limit = limit.to_string();
+    let args = [
         "eval",
         "--json",
         "--prompt",
         prompt,
         "--limit",
-        &limit.to_string(),
+        &limit,
         "--dataset",
         dataset,
-    ]);
-    cmd.arg("--checkpoint").arg(model);
-    if let Some(root) = root {
-        cmd.arg("--data-root").arg(root);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    ];
+    let mut args = args.to_vec();
+    args.extend(["--checkpoint", model.to_str().unwrap()]);
+    wesam_json(&args, root)
 }
 
 #[test]

@@ -274,7 +274,6 @@ pub struct ImageEncoder {
     neck_norm1: Norm,
     neck_conv2: Conv2d,
     neck_norm2: Norm,
-    patch_size: usize,
 }
 
 impl ImageEncoder {
@@ -294,7 +293,6 @@ impl ImageEncoder {
             neck_norm1: Norm::new(out, LN_EPS, vb.pp("neck.1"))?,
             neck_conv2: Conv2d::new((out, out, 3), (1, 1, false), vb.pp("neck.2"))?,
             neck_norm2: Norm::new(out, LN_EPS, vb.pp("neck.3"))?,
-            patch_size: p,
         })
     }
 
@@ -320,10 +318,5 @@ impl ImageEncoder {
         }
         let t = self.pos_embed.permute((0, 3, 1, 2))?;
         ops::resize_2d(&t, gh, gw, Interpolation::Bicubic)?.permute((0, 2, 3, 1))
-    }
-
-    /// Patch size in pixels (16 for the official models).
-    pub fn patch_size(&self) -> usize {
-        self.patch_size
     }
 }

@@ -69,7 +69,7 @@ pub struct Prompts {
 
 impl Prompts {
     /// Number of instances, from whichever prompt is present.
-    pub fn len(&self) -> Result<usize> {
+    pub fn instances(&self) -> Result<usize> {
         if let Some((p, _)) = &self.points {
             return p.dim(0);
         }
@@ -80,11 +80,6 @@ impl Prompts {
             Some(m) => m.dim(0),
             None => Ok(1),
         }
-    }
-
-    /// True when no instance is prompted.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
     }
 }
 
@@ -190,7 +185,7 @@ impl PromptEncoder {
         input_hw: (usize, usize),
         embed_hw: (usize, usize),
     ) -> Result<(Tensor, Tensor)> {
-        let n = prompts.len()?;
+        let n = prompts.instances()?;
         let dev = self.no_mask.device();
         let mut sparse = vec![Tensor::zeros((n, 0, self.embed_dim), DType::F32, dev)?];
         if let Some((coords, labels)) = &prompts.points {
