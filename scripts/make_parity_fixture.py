@@ -442,6 +442,31 @@ def lora_gradients(
     return loss.detach().reshape(1), OrderedDict((k, g.contiguous()) for k, g in zip(params, grads))
 
 
+def weight_gradients(
+    sam: Sam, image: torch.Tensor, box: torch.Tensor, points: Tuple[torch.Tensor, torch.Tensor],
+    mask_input: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, "OrderedDict[str, torch.Tensor]"]:
+    """d(loss)/d(every parameter) with LoRA off, for a loss whose prompts reach every parameter:
+    (a) box + points (labels 1, 0 and -1) + mask input, three masks; (b) points alone, one mask
+    (the padding point and the no-mask embedding). Per case, dice+bce of the low-res logits
+    against disc targets plus the mean squared IoU prediction. Returns the loss, the targets and
+    the gradients by parameter name (buffers such as the Fourier matrix are not parameters)."""
+    coords, labels = points
+    labels_a = labels.clone()
+    labels_a[0, 2] = -1.0
+    params = OrderedDict(sam.named_parameters())
+    with torch.enable_grad():
+        embed = sam.image_encoder(image)
+        low_a, iou_a = decode(sam, embed, points=(coords, labels_a), boxes=box, masks=mask_input, multimask=True)
+        target = disc_targets(coords.shape[0], low_a.shape[-1])
+        loss = dice_bce_loss(low_a, target.expand_as(low_a)) + (iou_a ** 2).mean()
+        low_b, iou_b = decode(sam, embed, points=(coords, labels))
+        loss = loss + dice_bce_loss(low_b, target) + (iou_b ** 2).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+    out = OrderedDict((k, g.contiguous()) for k, g in zip(params, grads))
+    return loss.detach().reshape(1), labels_a, out
+
+
 def disc_targets(n: int, size: int) -> torch.Tensor:
     """Fixed binary masks (one disc per instance) of shape [n, 1, size, size]."""
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
@@ -778,6 +803,14 @@ def tiny_mode(out_dir: str) -> None:
                 if name == "box" and mode == "single":
                     assert torch.equal(low, cases["box.single.low_res"])
                 cases[f"{name}.{mode}.low_res"], cases[f"{name}.{mode}.iou"] = low, iou
+
+    # Gradients of every parameter (training with --trainable all / decoder).
+    loss, labels_a, grads = weight_gradients(sam, cases["image"], cases["box"], points, cases["mask_input"])
+    cases["wgrad.loss"], cases["wgrad.labels"] = loss, labels_a
+    for k, g in grads.items():
+        # Key biases are cancelled by the softmax: their true gradient is zero (rounding noise).
+        assert k.endswith("k_proj.bias") or g.abs().max() > 1e-9, f"{k}: the loss does not reach it"
+        cases[f"wgrad.{k}"] = g
 
     # Another input size: 96x96 with the 128-sized weights.
     cases["image_96"] = torch.randn(1, 3, 96, 96, generator=gen)

@@ -9,41 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use common::{assert_close, fixture_dir, max_abs_diff};
-use image::{GrayImage, Luma, Rgb, RgbImage};
+use common::{assert_close, fixture_dir, make_dataset, max_abs_diff};
 use wesam::model::{Lora, LoraConfig, Sam};
-
-/// A `folder` dataset of `n` 96x80 images with one or two bright discs each.
-fn make_dataset(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::create_dir_all(dir.join("masks")).unwrap();
-    for i in 0..n {
-        let (cx, cy, r) = (30.0 + 5.0 * i as f32, 35.0, 12.0 + (i % 3) as f32);
-        let inside = |x: u32, y: u32, cx: f32, cy: f32, r: f32| {
-            (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r
-        };
-        let img = RgbImage::from_fn(96, 80, |x, y| {
-            if inside(x, y, cx, cy, r) {
-                Rgb([220, 120, 60])
-            } else if i % 2 == 0 && inside(x, y, 75.0, 60.0, 8.0) {
-                Rgb([60, 200, 90])
-            } else {
-                Rgb([30 + (x / 3) as u8, 40, 60 + (y / 2) as u8])
-            }
-        });
-        let mask = GrayImage::from_fn(96, 80, |x, y| {
-            Luma([if inside(x, y, cx, cy, r) {
-                1
-            } else if i % 2 == 0 && inside(x, y, 75.0, 60.0, 8.0) {
-                2
-            } else {
-                0
-            }])
-        });
-        img.save(dir.join(format!("images/{i:03}.png"))).unwrap();
-        mask.save(dir.join(format!("masks/{i:03}.png"))).unwrap();
-    }
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wesam-adapt-{}-{name}", std::process::id()));

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::losses::LossConfig;
 use super::optim::{AdamConfig, LrSchedule};
+use crate::data::corrupt::Corruption;
 use crate::data::prompts::{PromptConfig, PromptKind};
 use crate::data::{DatasetOptions, Split};
-use crate::model::{LoraConfig, ModelType};
+use crate::model::{LoraConfig, ModelType, SamConfig};
 use crate::profile::Profile;
 
 /// Which data, and where.
@@ -30,6 +31,10 @@ pub struct DataConfig {
     pub eval_limit: Option<usize>,
     /// Adapt on at most this many images (quick runs).
     pub train_limit: Option<usize>,
+    /// Corrupt every image on load with one of the COCO-C corruptions (`coco-c`).
+    pub corruption: Option<Corruption>,
+    /// Severity of the corruption, 1 to 5.
+    pub severity: u8,
 }
 
 impl Default for DataConfig {
@@ -42,11 +47,63 @@ impl Default for DataConfig {
             eval_split: Split::Test,
             eval_limit: None,
             train_limit: None,
+            corruption: None,
+            severity: 5,
         }
     }
 }
 
-/// The source model and its adapters.
+/// What a run optimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// WeSAM: the weak labels are only prompts; the student learns from the teacher's
+    /// pseudo-labels, held near the frozen anchor (`wesam adapt`).
+    #[default]
+    SelfTraining,
+    /// Fully supervised against the ground-truth masks with the same prompts and the same
+    /// focal + dice + IoU-MSE terms (`wesam train`): the paper's upper bound, and the way to
+    /// train a source model from scratch.
+    Supervised,
+}
+
+/// Which weights a run trains; everything else stays frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    /// LoRA adapters on the encoder's q and v projections (the reference).
+    #[default]
+    Lora,
+    /// The whole mask decoder.
+    Decoder,
+    /// Every weight of the model (not the prompt encoder's fixed Fourier matrix, a buffer).
+    All,
+}
+
+impl Trainable {
+    /// Whether the model weight of this official name is trained (LoRA adapters are not model
+    /// weights and are handled apart).
+    pub fn trains(self, name: &str) -> bool {
+        match self {
+            Trainable::Lora => false,
+            Trainable::Decoder => name.starts_with("mask_decoder."),
+            Trainable::All => !name.ends_with("positional_encoding_gaussian_matrix"),
+        }
+    }
+}
+
+/// Where the starting weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The checkpoint file.
+    #[default]
+    Checkpoint,
+    /// Random weights of the configured architecture, from the seed (training from scratch).
+    Random,
+}
+
+/// The source model, how it starts and what of it is trained.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[derive(Default)]
@@ -55,6 +112,11 @@ pub struct ModelConfig {
     pub model_type: Option<ModelType>,
     /// Input size (e.g. 512 for CPU runs); `None` is the checkpoint's.
     pub image_size: Option<usize>,
+    pub init: Init,
+    /// The architecture of a randomly initialised model (`--model-config FILE` is read into it,
+    /// so the run directory's `config.toml` is self-contained).
+    pub architecture: Option<SamConfig>,
+    pub trainable: Trainable,
     pub lora: LoraConfig,
 }
 
@@ -132,10 +194,11 @@ impl TrainConfig {
     }
 }
 
-/// Everything an adaptation run needs.
+/// Everything a run of `wesam adapt` (self-training) or `wesam train` (supervised) needs.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdaptConfig {
+    pub objective: Objective,
     pub profile: Profile,
     pub data: DataConfig,
     pub model: ModelConfig,

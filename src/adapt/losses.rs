@@ -337,6 +337,71 @@ pub struct ImageLoss {
     pub contrastive: Tensor,
 }
 
+/// The focal, dice and IoU-MSE terms that train the student's logits `[n, H, W]` and IoU
+/// predictions towards a binary `target` (§2.1–§2.3): the teacher's pseudo-label in
+/// self-training, the ground truth in supervised training. Disabled terms are 0.
+fn target_terms(
+    config: &LossConfig,
+    profile: Profile,
+    student: &StudentOutputs,
+    target: &Tensor,
+    n_total: usize,
+) -> Result<[Tensor; 3]> {
+    let zero = Tensor::zeros((), student.masks.dtype(), student.masks.device())?;
+    let term =
+        |t: Term, f: &dyn Fn() -> Result<Tensor>| if t.enabled { f() } else { Ok(zero.clone()) };
+    Ok([
+        term(config.focal, &|| {
+            let alpha = config.focal_alpha(profile, n_total);
+            focal(student.masks, target, alpha, config.gamma)
+        })?,
+        term(config.dice, &|| {
+            let smooth = config.self_dice_smooth(profile, n_total);
+            dice(student.masks, target, smooth)
+        })?,
+        term(config.iou, &|| {
+            let targets = iou_targets(student.masks, target, profile)?;
+            iou_mse(student.iou_pred, &targets, n_total)
+        })?,
+    ])
+}
+
+/// Checks that an image has instances and that the batch count includes them.
+fn check_counts(student: &StudentOutputs, n_total: usize) -> Result<()> {
+    let n = student.masks.dim(0)?;
+    if n == 0 || n_total < n {
+        bail!("loss: {n} instances in the image but {n_total} in the batch");
+    }
+    Ok(())
+}
+
+impl ImageLoss {
+    /// The terms and their weighted total.
+    fn weighted(
+        config: &LossConfig,
+        [focal, dice, iou, anchor, contrastive]: [Tensor; 5],
+    ) -> Result<Self> {
+        let weighted = [
+            (config.focal, &focal),
+            (config.dice, &dice),
+            (config.iou, &iou),
+            (config.anchor, &anchor),
+            (config.contrastive, &contrastive),
+        ];
+        let total = weighted
+            .iter()
+            .try_fold(focal.zeros_like()?, |acc, (t, v)| acc + (*v * t.weight)?)?;
+        Ok(Self {
+            total,
+            focal,
+            dice,
+            iou,
+            anchor,
+            contrastive,
+        })
+    }
+}
+
 /// One image's WeSAM objective (§1.3): `w_f Focal(S, T) + w_d Dice(S, T) + w_i IoU-MSE +
 /// w_a Anchor + w_c Contra`, with `T = 1[teacher > 0]` and `A = 1[anchor > 0]` (detached).
 ///
@@ -352,60 +417,44 @@ pub fn wesam_image_loss(
     anchor_out: &WeakOutputs,
     n_total: usize,
 ) -> Result<ImageLoss> {
-    let n = student.masks.dim(0)?;
-    if n == 0 || n_total < n {
-        bail!("wesam loss: {n} instances in the image but {n_total} in the batch");
-    }
+    check_counts(student, n_total)?;
     let teacher_label = pseudo_label(teacher.masks)?;
-    let anchor_label = pseudo_label(anchor_out.masks)?;
-    let zero = Tensor::zeros((), student.masks.dtype(), student.masks.device())?;
-    let term = |t: Term, f: &dyn Fn() -> Result<Tensor>| {
-        if t.enabled {
-            f()
-        } else {
-            Ok(zero.clone())
-        }
+    let [focal, dice, iou] = target_terms(config, profile, student, &teacher_label, n_total)?;
+    let zero = focal.zeros_like()?;
+    let anchor_term = if config.anchor.enabled {
+        anchor(
+            student.masks,
+            teacher.masks,
+            &pseudo_label(anchor_out.masks)?,
+        )?
+    } else {
+        zero.clone()
     };
-    let focal_term = term(config.focal, &|| {
-        let alpha = config.focal_alpha(profile, n_total);
-        focal(student.masks, &teacher_label, alpha, config.gamma)
-    })?;
-    let dice_term = term(config.dice, &|| {
-        let smooth = config.self_dice_smooth(profile, n_total);
-        dice(student.masks, &teacher_label, smooth)
-    })?;
-    let iou_term = term(config.iou, &|| {
-        let targets = iou_targets(student.masks, &teacher_label, profile)?;
-        iou_mse(student.iou_pred, &targets, n_total)
-    })?;
-    let anchor_term = term(config.anchor, &|| {
-        anchor(student.masks, teacher.masks, &anchor_label)
-    })?;
-    let contrastive_term = term(config.contrastive, &|| {
+    let contrastive_term = if config.contrastive.enabled {
         contrastive(
             teacher.embeddings,
             anchor_out.embeddings,
             teacher.low_res,
             anchor_out.low_res,
             config.tau,
-        )
-    })?;
-    let weighted = [
-        (config.focal, &focal_term),
-        (config.dice, &dice_term),
-        (config.iou, &iou_term),
-        (config.anchor, &anchor_term),
-        (config.contrastive, &contrastive_term),
-    ];
-    let total = weighted
-        .iter()
-        .try_fold(zero.clone(), |acc, (t, v)| acc + (*v * t.weight)?)?;
-    Ok(ImageLoss {
-        total,
-        focal: focal_term,
-        dice: dice_term,
-        iou: iou_term,
-        anchor: anchor_term,
-        contrastive: contrastive_term,
-    })
+        )?
+    } else {
+        zero
+    };
+    ImageLoss::weighted(config, [focal, dice, iou, anchor_term, contrastive_term])
+}
+
+/// One image's supervised objective (`wesam train`): the same focal, dice and IoU-MSE terms with
+/// the ground-truth masks `[n, H, W]` (0/1) as target; anchor and contrastive are 0.
+pub fn supervised_image_loss(
+    config: &LossConfig,
+    profile: Profile,
+    student: &StudentOutputs,
+    ground_truth: &Tensor,
+    n_total: usize,
+) -> Result<ImageLoss> {
+    check_counts(student, n_total)?;
+    let [focal, dice, iou] = target_terms(config, profile, student, ground_truth, n_total)?;
+    let zero = focal.zeros_like()?;
+    ImageLoss::weighted(config, [focal, dice, iou, zero.clone(), zero])
 }

@@ -1,12 +1,13 @@
-//! The WeSAM self-training loop (method spec §1.3): per step, the frozen anchor (the base
-//! weights, no adapters, no autograd graph) and the teacher (the adapted weights) see the weak
-//! view, the student (the adapted weights) the strong view; the student learns from the
-//! teacher's pseudo-labels, the anchor keeps both near the source, and only LoRA is optimised.
+//! The training loop shared by `wesam adapt` and `wesam train`: epochs over the training split,
+//! one optimiser step per batch on the objective of [`super::step`], evaluation after every
+//! epoch, model selection, checkpoints and the final outputs. Only the run's trained variables
+//! are optimised: LoRA adapters (the reference), the mask decoder, or every weight.
 //!
-//! A run is a directory: `config.toml`, `metrics.csv`, `checkpoint.safetensors` (adapters,
-//! optimiser and progress; rewritten atomically), and at the end `adapter.safetensors` and
-//! `merged.safetensors`. Data order and augmentation randomness are functions of the seed and
-//! the step alone, so a resumed run ends with the same weights as an uninterrupted one.
+//! A run is a directory: `config.toml`, `metrics.csv`, `checkpoint.safetensors` (trained
+//! variables, optimiser and progress; rewritten atomically), and at the end
+//! `adapter.safetensors` (when LoRA is trained) and `merged.safetensors`. Data order and
+//! augmentation randomness are functions of the seed and the step alone, so a resumed run ends
+//! with the same weights as an uninterrupted one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,17 +20,14 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::{AdaptConfig, LossResolution};
-use super::losses::{wesam_image_loss, StudentOutputs, WeakOutputs};
+use super::config::{AdaptConfig, Trainable};
 use super::optim::Adam;
-use crate::data::augment;
+use super::step::{batch_loss, StepModels};
 use crate::data::loader::load_parallel;
-use crate::data::prompts::make_prompts;
-use crate::data::{Dataset, Record, Sample, Split};
+use crate::data::{Dataset, Record, Split};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::model::checkpoint::{read_safetensors, write_safetensors};
-use crate::model::ops::{resize_2d, Interpolation};
-use crate::model::{transforms, Lora, Sam};
+use crate::model::{Lora, Sam};
 use crate::profile::Profile;
 
 /// mIoU and Dice in percent, as reported.
@@ -115,7 +113,6 @@ impl RunDir {
 /// Everything a step needs that does not change during the run.
 struct Setup<'a> {
     cfg: &'a AdaptConfig,
-    sam: &'a Sam,
     dataset: &'a dyn Dataset,
     train: Vec<Record>,
     eval: Vec<Record>,
@@ -137,118 +134,6 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Keeps at most `max` random instances of a sample (the reference's `reduce_instances`).
-fn cap_instances(sample: &mut Sample, max: usize, rng: &mut StdRng) {
-    if sample.instances.len() > max {
-        sample.instances.shuffle(rng);
-        sample.instances.truncate(max);
-    }
-}
-
-/// Mask logits at the loss resolution: `[n, S, S]` or `[n, h, w]`.
-fn loss_masks(
-    low_res: &Tensor,
-    resolution: LossResolution,
-    size: usize,
-) -> candle_core::Result<Tensor> {
-    match resolution {
-        LossResolution::Input => {
-            resize_2d(low_res, size, size, Interpolation::Bilinear)?.squeeze(1)
-        }
-        LossResolution::Low => low_res.squeeze(1),
-    }
-}
-
-/// Loss terms of one step, as numbers for the log.
-#[derive(Debug, Clone, Copy, Default)]
-struct StepLog {
-    total: f64,
-    focal: f64,
-    dice: f64,
-    iou: f64,
-    anchor: f64,
-    contrastive: f64,
-}
-
-/// The summed loss of a batch, and its terms.
-fn batch_loss(
-    s: &Setup,
-    lora: &Lora,
-    teacher: &Lora,
-    samples: &mut [Sample],
-    rng: &mut StdRng,
-) -> Result<Option<(Tensor, StepLog)>> {
-    let cfg = s.cfg;
-    let sam = s.sam;
-    let dev = &sam.device;
-    for sample in samples.iter_mut() {
-        cap_instances(sample, cfg.train.max_instances, rng);
-    }
-    let n_total: usize = samples.iter().map(|x| x.instances.len()).sum();
-    if n_total == 0 {
-        return Ok(None);
-    }
-    let low = 4 * sam.embedding_size();
-    let mut total: Option<Tensor> = None;
-    let mut log = StepLog::default();
-    for sample in samples.iter().filter(|x| !x.instances.is_empty()) {
-        let views = augment::views(sample, rng);
-        let pre = cfg.profile.preprocessing();
-        let (weak_in, frame) = transforms::preprocess(&views.weak.image, sam.input_size, pre, dev)?;
-        let (strong_in, _) = transforms::preprocess(&views.strong, sam.input_size, pre, dev)?;
-        let prompts = make_prompts(&views.weak.instances, &frame, cfg.prompt, &cfg.prompts, rng)
-            .to_model(low, cfg.prompts.coarse_mask_logit, dev)?;
-
-        let e_a = sam.encode(&weak_in, None)?;
-        let (low_a, _) = sam.decode(&e_a, &prompts, false)?;
-        let e_t = sam.encode(&weak_in, Some(teacher))?;
-        let (low_t, _) = sam.decode(&e_t, &prompts, false)?;
-        let e_s = sam.encode(&strong_in, Some(lora))?;
-        let (low_s, iou_s) = sam.decode(&e_s, &prompts, false)?;
-
-        let res = cfg.train.loss_resolution;
-        let (m_a, m_t, m_s) = (
-            loss_masks(&low_a, res, sam.input_size)?,
-            loss_masks(&low_t, res, sam.input_size)?,
-            loss_masks(&low_s, res, sam.input_size)?,
-        );
-        let (e_t, e_a) = (e_t.squeeze(0)?, e_a.squeeze(0)?);
-        let loss = wesam_image_loss(
-            &cfg.losses,
-            cfg.profile,
-            &StudentOutputs {
-                masks: &m_s,
-                iou_pred: &iou_s,
-            },
-            &WeakOutputs {
-                masks: &m_t,
-                low_res: &low_t,
-                embeddings: &e_t,
-            },
-            &WeakOutputs {
-                masks: &m_a,
-                low_res: &low_a,
-                embeddings: &e_a,
-            },
-            n_total,
-        )?;
-        let value = |t: &Tensor| -> Result<f64> {
-            Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
-        };
-        log.total += value(&loss.total)?;
-        log.focal += value(&loss.focal)?;
-        log.dice += value(&loss.dice)?;
-        log.iou += value(&loss.iou)?;
-        log.anchor += value(&loss.anchor)?;
-        log.contrastive += value(&loss.contrastive)?;
-        total = Some(match total {
-            Some(t) => (t + loss.total)?,
-            None => loss.total,
-        });
-    }
-    Ok(total.map(|t| (t, log)))
-}
-
 /// A copy of the adapters with storage of its own (the EMA teacher).
 fn clone_lora(lora: &Lora, sam: &Sam) -> Result<Lora> {
     let copy = Lora::new(&sam.config, &lora.config, 0, &sam.device)?;
@@ -267,6 +152,81 @@ fn ema_update(ema: &Lora, lora: &Lora, m: f64) -> Result<()> {
     Ok(())
 }
 
+/// What a run trains: LoRA adapters (with an optional EMA teacher), or model weights made
+/// trainable, with the views of the model that training and evaluation run.
+struct Trained {
+    lora: Option<Lora>,
+    ema: Option<Lora>,
+    /// The model computing with the trained weights as variables, when weights are trained.
+    model: Option<Sam>,
+    /// The same weights detached (no graph), for evaluation and saving.
+    eval_model: Option<Sam>,
+    /// Trained model weights, by official name.
+    weights: Vec<(String, Var)>,
+}
+
+impl Trained {
+    fn new(cfg: &AdaptConfig, sam: &Sam) -> Result<Self> {
+        let trainable = cfg.model.trainable;
+        let lora = (trainable == Trainable::Lora)
+            .then(|| Lora::new(&sam.config, &cfg.model.lora, cfg.train.seed, &sam.device))
+            .transpose()?;
+        let ema = match (cfg.train.ema_momentum, &lora) {
+            (None, _) => None,
+            (Some(_), Some(l)) => Some(clone_lora(l, sam)?),
+            (Some(_), None) => bail!("an EMA teacher needs trainable = \"lora\""),
+        };
+        let (model, eval_model, weights) = match trainable {
+            Trainable::Lora => (None, None, Vec::new()),
+            t => {
+                let m = sam.trainable(|name| t.trains(name))?;
+                (Some(m.model), Some(m.detached), m.vars)
+            }
+        };
+        Ok(Self {
+            lora,
+            ema,
+            model,
+            eval_model,
+            weights,
+        })
+    }
+
+    /// The adapters that are evaluated, selected and saved: the EMA's where there is one.
+    fn kept_lora(&self) -> Option<&Lora> {
+        self.ema.as_ref().or(self.lora.as_ref())
+    }
+
+    /// Every optimised variable: model weights by official name, then the adapters.
+    fn vars(&self) -> Vec<(String, Var)> {
+        let mut v = self.weights.clone();
+        v.extend(self.lora.iter().flat_map(Lora::named_vars));
+        v
+    }
+
+    /// The variables of the model that is evaluated and kept (EMA adapters for live ones).
+    fn kept_vars(&self) -> Vec<(String, Var)> {
+        let mut v = self.weights.clone();
+        v.extend(self.kept_lora().iter().flat_map(|l| l.named_vars()));
+        v
+    }
+
+    /// The models of one step.
+    fn step_models<'a>(&'a self, sam: &'a Sam, ema_view: Option<&'a Lora>) -> StepModels<'a> {
+        StepModels {
+            anchor: sam,
+            model: self.model.as_ref().unwrap_or(sam),
+            lora: self.lora.as_ref(),
+            teacher: ema_view.or(self.lora.as_ref()),
+        }
+    }
+
+    /// The model to evaluate and save (its adapters apart).
+    fn eval_model<'a>(&'a self, sam: &'a Sam) -> &'a Sam {
+        self.eval_model.as_ref().unwrap_or(sam)
+    }
+}
+
 /// Tensors of a set of named variables under a prefix.
 fn named_tensors(prefix: &str, vars: &[(String, Var)]) -> Vec<(String, Tensor)> {
     vars.iter()
@@ -274,17 +234,17 @@ fn named_tensors(prefix: &str, vars: &[(String, Var)]) -> Vec<(String, Tensor)> 
         .collect()
 }
 
-/// Writes the checkpoint: adapters, EMA teacher, best adapters, optimiser state and progress.
+/// Writes the checkpoint: trained variables, EMA teacher, best variables, optimiser state and
+/// progress.
 fn save_checkpoint(
     run: &RunDir,
-    lora: &Lora,
-    ema: Option<&Lora>,
+    trained: &Trained,
     best: &HashMap<String, Tensor>,
     opt: &Adam,
     progress: &Progress,
 ) -> Result<()> {
-    let mut tensors = named_tensors("lora.", &lora.named_vars());
-    if let Some(e) = ema {
+    let mut tensors = named_tensors("param.", &trained.vars());
+    if let Some(e) = &trained.ema {
         tensors.extend(named_tensors("ema.", &e.named_vars()));
     }
     tensors.extend(best.iter().map(|(k, v)| (format!("best.{k}"), v.clone())));
@@ -359,12 +319,19 @@ fn eval_config(cfg: &AdaptConfig) -> EvalConfig {
     }
 }
 
-/// Evaluates `lora` (or the anchor) on records, quietly.
-fn eval_on(s: &Setup, lora: Option<&Lora>, records: &[Record], what: &str) -> Result<EvalReport> {
+/// Evaluates a model with its adapters, if any, on records, quietly (no autograd graph).
+fn eval_on(
+    s: &Setup,
+    model: &Sam,
+    lora: Option<&Lora>,
+    records: &[Record],
+    what: &str,
+) -> Result<EvalReport> {
     let bar = crate::cli::progress_bar(records.len() as u64, what);
+    let frozen = lora.map(Lora::frozen);
     let report = evaluate(
-        s.sam,
-        lora,
+        model,
+        frozen.as_ref(),
         load_parallel(s.dataset, records, 2 * rayon::current_num_threads()),
         &eval_config(s.cfg),
         &bar,
@@ -395,7 +362,7 @@ impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "interrupted; checkpoint saved, continue with `wesam adapt --resume {}`",
+            "interrupted; checkpoint saved, continue with `--resume {}`",
             self.0.display()
         )
     }
@@ -403,7 +370,8 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// Runs (or resumes) an adaptation in `run`.
+/// Runs (or resumes) a training run in `run`: self-training (`wesam adapt`) or supervised
+/// (`wesam train`), as `cfg.objective` says, starting from `sam`.
 pub fn adapt(
     cfg: &AdaptConfig,
     sam: &Sam,
@@ -421,7 +389,7 @@ pub fn adapt(
     }
     if train.is_empty() {
         bail!(
-            "the {:?} split of `{}` has no images to adapt on",
+            "the {:?} split of `{}` has no images to train on",
             cfg.data.train_split,
             dataset.name()
         );
@@ -434,7 +402,6 @@ pub fn adapt(
     };
     let s = Setup {
         cfg,
-        sam,
         dataset,
         train,
         eval,
@@ -443,13 +410,8 @@ pub fn adapt(
     std::fs::create_dir_all(&run.0)
         .with_context(|| format!("cannot create {}", run.0.display()))?;
 
-    let lora = Lora::new(&sam.config, &cfg.model.lora, cfg.train.seed, &sam.device)?;
-    let ema = cfg
-        .train
-        .ema_momentum
-        .map(|_| clone_lora(&lora, sam))
-        .transpose()?;
-    let mut opt = Adam::new_named(lora.named_vars(), cfg.train.adam())?;
+    let trained = Trained::new(cfg, sam)?;
+    let mut opt = Adam::new_named(trained.vars(), cfg.train.adam())?;
     let mut best: HashMap<String, Tensor> = HashMap::new();
     let mut progress = Progress::default();
     if ctl.resume {
@@ -459,8 +421,8 @@ pub fn adapt(
             meta.get(PROGRESS_KEY)
                 .context("checkpoint without progress")?,
         )?;
-        restore_vars(&lora.named_vars(), "lora.", &t, &run.checkpoint())?;
-        if let Some(e) = &ema {
+        restore_vars(&trained.vars(), "param.", &t, &run.checkpoint())?;
+        if let Some(e) = &trained.ema {
             restore_vars(&e.named_vars(), "ema.", &t, &run.checkpoint())?;
         }
         let optim: HashMap<String, Tensor> = t
@@ -484,7 +446,7 @@ pub fn adapt(
     let direct = match progress.direct {
         Some(d) => d,
         None => {
-            let report = eval_on(&s, None, &s.eval, "direct")?;
+            let report = eval_on(&s, sam, None, &s.eval, "direct")?;
             eprintln!(
                 "direct: mIoU {:.2}, Dice {:.2} on {} images",
                 report.miou, report.dice, report.images
@@ -520,20 +482,17 @@ pub fn adapt(
             let lr = cfg.train.schedule.lr(cfg.train.lr, progress.global_step);
             let mut rng = step_rng(cfg.train.seed, progress.global_step);
             // The EMA teacher is not trained: it runs on detached views of its weights.
-            let ema_teacher = ema.as_ref().map(Lora::frozen);
-            match batch_loss(
-                &s,
-                &lora,
-                ema_teacher.as_ref().unwrap_or(&lora),
-                &mut samples,
-                &mut rng,
-            )? {
+            let ema_view = trained.ema.as_ref().map(Lora::frozen);
+            let models = trained.step_models(sam, ema_view.as_ref());
+            match batch_loss(cfg, models, &mut samples, &mut rng)? {
                 Some((loss, log)) if log.total.is_finite() => {
                     let grads = loss.backward()?;
                     opt.set_learning_rate(lr);
                     opt.step(&grads)?;
-                    if let (Some(e), Some(m)) = (&ema, cfg.train.ema_momentum) {
-                        ema_update(e, &lora, m)?;
+                    if let (Some(e), Some(l), Some(m)) =
+                        (&trained.ema, &trained.lora, cfg.train.ema_momentum)
+                    {
+                        ema_update(e, l, m)?;
                     }
                     progress.nonfinite_in_a_row = 0;
                     let p = &mut progress.partial;
@@ -573,7 +532,7 @@ pub fn adapt(
             let due = cfg.train.checkpoint_every > 0
                 && progress.global_step % cfg.train.checkpoint_every == 0;
             if due || ctl.interrupt.load(Ordering::SeqCst) {
-                save_checkpoint(run, &lora, ema.as_ref(), &best, &opt, &progress)?;
+                save_checkpoint(run, &trained, &best, &opt, &progress)?;
             }
             if ctl.interrupt.load(Ordering::SeqCst) {
                 bar.abandon();
@@ -583,8 +542,9 @@ pub fn adapt(
         bar.finish_and_clear();
 
         // End of epoch: evaluate, select, log, checkpoint.
-        let used = ema.as_ref().unwrap_or(&lora);
-        let report = eval_on(&s, Some(used), &s.eval, "eval")?;
+        let eval_model = trained.eval_model(sam);
+        let kept_lora = trained.kept_lora();
+        let report = eval_on(&s, eval_model, kept_lora, &s.eval, "eval")?;
         let mut row = std::mem::take(&mut progress.partial);
         let steps = row.steps.max(1) as f64;
         for v in [
@@ -601,7 +561,7 @@ pub fn adapt(
         row.eval = Scores::from(&report);
         let selection = match &s.select {
             Some(records) if cfg.profile == Profile::Sam => {
-                let v = Scores::from(&eval_on(&s, Some(used), records, "val")?);
+                let v = Scores::from(&eval_on(&s, eval_model, kept_lora, records, "val")?);
                 row.val = Some(v);
                 Some(v.miou)
             }
@@ -612,8 +572,8 @@ pub fn adapt(
             if progress.best_epoch.is_none() || score > progress.best_score {
                 progress.best_epoch = Some(row.epoch);
                 progress.best_score = score;
-                best = used
-                    .named_vars()
+                best = trained
+                    .kept_vars()
                     .into_iter()
                     .map(|(k, v)| Ok((k, v.as_tensor().copy()?)))
                     .collect::<candle_core::Result<_>>()?;
@@ -627,20 +587,23 @@ pub fn adapt(
         progress.epoch += 1;
         progress.step_in_epoch = 0;
         write_metrics(run, direct, &progress.rows)?;
-        save_checkpoint(run, &lora, ema.as_ref(), &best, &opt, &progress)?;
+        save_checkpoint(run, &trained, &best, &opt, &progress)?;
     }
 
-    // The selected adapters: the best epoch's, or the last.
-    let final_lora = ema.as_ref().unwrap_or(&lora);
+    // The selected weights: the best epoch's, or the last.
     if !best.is_empty() {
-        restore_vars(&final_lora.named_vars(), "", &best, &run.checkpoint())?;
+        restore_vars(&trained.kept_vars(), "", &best, &run.checkpoint())?;
     }
     let adapted = match progress.best_epoch {
         Some(e) => progress.rows[e - 1].eval,
         None => progress.rows.last().map(|r| r.eval).unwrap_or(direct),
     };
-    final_lora.save(&run.adapter())?;
-    sam.save(&run.merged(), Some(final_lora))?;
+    if let Some(l) = trained.kept_lora() {
+        l.save(&run.adapter())?;
+    }
+    trained
+        .eval_model(sam)
+        .save(&run.merged(), trained.kept_lora())?;
     Ok(Outcome {
         direct,
         adapted,

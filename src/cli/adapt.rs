@@ -1,4 +1,5 @@
-//! `wesam adapt`: weakly supervised self-training of a SAM checkpoint on a target dataset.
+//! `wesam adapt` (weakly supervised self-training of a SAM checkpoint on a target dataset) and
+//! `wesam train` (supervised training against the ground truth): one set of flags, one loop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,11 +8,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::args::DatasetArgs;
-use crate::adapt::config::{AdaptConfig, LossResolution, OptimizerKind};
+use crate::adapt::config::{
+    AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Trainable,
+};
 use crate::adapt::train::{adapt, Interrupted, RunControl, RunDir};
 use crate::data::prompts::PromptKind;
 use crate::device::DeviceKind;
-use crate::model::{ModelType, Sam};
+use crate::model::{ModelType, Sam, SamConfig};
 use crate::profile::Profile;
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +34,17 @@ pub struct AdaptArgs {
     checkpoint: Option<PathBuf>,
     #[arg(long)]
     model_type: Option<ModelType>,
+    /// Where the starting weights come from: the checkpoint, or random weights of
+    /// `--model-config` (training from scratch).
+    #[arg(long, value_enum)]
+    init: Option<Init>,
+    /// Architecture of a randomly initialised model: a JSON or TOML file with the official
+    /// builder's arguments (e.g. configs/sam-tiny.toml).
+    #[arg(long)]
+    model_config: Option<PathBuf>,
+    /// What is trained: LoRA adapters (default), the mask decoder, or every weight.
+    #[arg(long, value_enum)]
+    trainable: Option<Trainable>,
     /// Model input size (e.g. 512 on a CPU); position tables are interpolated.
     #[arg(long)]
     image_size: Option<usize>,
@@ -44,6 +58,9 @@ pub struct AdaptArgs {
     lr: Option<f64>,
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
+    /// L2 (adam) or decoupled (adamw) weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Use an EMA teacher with this momentum (e.g. 0.999).
     #[arg(long)]
     ema: Option<f64>,
@@ -88,9 +105,9 @@ pub struct AdaptArgs {
     /// Corrupt every image with one of the 15 COCO-C corruptions (`--dataset coco-c`).
     #[arg(long, value_enum)]
     corruption: Option<crate::data::corrupt::Corruption>,
-    /// Severity of the corruption, 1 to 5.
-    #[arg(long, default_value_t = 5)]
-    severity: u8,
+    /// Severity of the corruption, 1 to 5 (default 5).
+    #[arg(long)]
+    severity: Option<u8>,
     /// Testing aid: stop abruptly after N steps, without a checkpoint (as a crash would).
     #[arg(long, hide = true)]
     crash_after_steps: Option<usize>,
@@ -121,14 +138,18 @@ fn utc_stamp() -> String {
 }
 
 /// The configuration: built-in (per dataset) or `--config`, then every flag given.
-fn resolve(a: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
+fn resolve(a: &AdaptArgs, objective: Objective) -> anyhow::Result<AdaptConfig> {
     let mut c = match (&a.config, &a.dataset) {
         (Some(path), _) => AdaptConfig::from_file(path)?,
         (None, Some(name)) => AdaptConfig::built_in(name)?.unwrap_or_default(),
         (None, None) => AdaptConfig::default(),
     };
+    c.objective = objective;
     if let Some(d) = &a.dataset {
         c.data.dataset = d.clone();
+    }
+    if let Some(path) = &a.model_config {
+        c.model.architecture = Some(SamConfig::from_file(path)?);
     }
     macro_rules! set {
         ($($flag:ident => $($field:ident).+),* $(,)?) => {
@@ -137,12 +158,13 @@ fn resolve(a: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
     }
     set!(
         data_root => data.data_root, checkpoint => model.checkpoint, model_type => model.model_type,
-        image_size => model.image_size, prompt => prompt, profile => profile, epochs => train.epochs,
-        batch_size => train.batch_size, lr => train.lr, optimizer => train.optimizer, ema => train.ema_momentum,
+        image_size => model.image_size, init => model.init, trainable => model.trainable, prompt => prompt, profile => profile, epochs => train.epochs,
+        batch_size => train.batch_size, lr => train.lr, optimizer => train.optimizer, weight_decay => train.weight_decay, ema => train.ema_momentum,
         lora_rank => model.lora.rank, lora_scale => model.lora.scale, lora_blocks => model.lora.blocks,
         loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,
         val_fraction => data.options.val_fraction, train_limit => data.train_limit,
         eval_limit => data.eval_limit, checkpoint_every => train.checkpoint_every,
+        corruption => data.corruption, severity => data.severity,
     );
     for term in &a.without {
         let t = match term.as_str() {
@@ -161,16 +183,53 @@ fn resolve(a: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
     Ok(c)
 }
 
+/// `wesam adapt`.
 pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
+    run_objective(a, Objective::SelfTraining)
+}
+
+/// `wesam train`: the same flags, supervised against the ground truth.
+pub fn run_supervised(a: AdaptArgs) -> anyhow::Result<()> {
+    run_objective(a, Objective::Supervised)
+}
+
+/// The model a run starts from: the checkpoint, or random weights of the configured
+/// architecture drawn from the run's seed (the same weights again on `--resume`).
+fn starting_model(cfg: &AdaptConfig, dev: &candle_core::Device) -> anyhow::Result<Sam> {
+    match cfg.model.init {
+        Init::Checkpoint => {
+            let checkpoint = cfg
+                .model
+                .checkpoint
+                .clone()
+                .context("give --checkpoint FILE (the SAM weights to start from), or --init random --model-config FILE")?;
+            Sam::load(&checkpoint, cfg.model.model_type, cfg.model.image_size, dev)
+        }
+        Init::Random => {
+            let arch = match (&cfg.model.architecture, cfg.model.model_type) {
+                (Some(a), _) => a.clone(),
+                (None, Some(t)) => SamConfig::official(t),
+                (None, None) => bail!("--init random needs --model-config FILE or --model-type"),
+            };
+            Sam::random(&arch, cfg.model.image_size, cfg.train.seed, dev)
+        }
+    }
+}
+
+fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
+    let command = match objective {
+        Objective::SelfTraining => "adapt",
+        Objective::Supervised => "train",
+    };
     let (cfg, run) = match &a.resume {
         Some(dir) => (
             AdaptConfig::from_file(&RunDir(dir.clone()).config())?,
             RunDir(dir.clone()),
         ),
         None => {
-            let cfg = resolve(&a)?;
+            let cfg = resolve(&a, objective)?;
             if cfg.data.dataset.is_empty() {
-                bail!("give --dataset NAME|DIR (or --config FILE); see `wesam adapt --help`");
+                bail!("give --dataset NAME|DIR (or --config FILE); see `wesam {command} --help`");
             }
             let name = std::path::Path::new(&cfg.data.dataset)
                 .file_name()
@@ -181,10 +240,9 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
                 .as_str()
                 .unwrap_or("prompt")
                 .to_string();
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("runs/{name}-{prompt}-{}", utc_stamp())));
+            let out = a.out.clone().unwrap_or_else(|| {
+                PathBuf::from(format!("runs/{command}-{name}-{prompt}-{}", utc_stamp()))
+            });
             if out.join("checkpoint.safetensors").exists() {
                 bail!(
                     "{} already holds a run: continue it with --resume, or choose another --out",
@@ -194,25 +252,26 @@ pub fn run(a: AdaptArgs) -> anyhow::Result<()> {
             (cfg, RunDir(out))
         }
     };
+    if cfg.objective != objective {
+        bail!(
+            "{} is a `wesam {}` run; resume it with that command",
+            run.0.display(),
+            if objective == Objective::Supervised {
+                "adapt"
+            } else {
+                "train"
+            }
+        );
+    }
     let dev = a.device.open()?;
-    let checkpoint = cfg
-        .model
-        .checkpoint
-        .clone()
-        .context("give --checkpoint FILE (the SAM weights to adapt)")?;
-    let sam = Sam::load(
-        &checkpoint,
-        cfg.model.model_type,
-        cfg.model.image_size,
-        &dev,
-    )?;
+    let sam = starting_model(&cfg, &dev)?;
     let data = DatasetArgs {
         dataset: cfg.data.dataset.clone(),
         data_root: cfg.data.data_root.clone(),
         mask_threshold: None,
         instances: None,
-        corruption: a.corruption,
-        severity: a.severity,
+        corruption: cfg.data.corruption,
+        severity: cfg.data.severity,
     };
     let dataset = data.open(cfg.data.options.clone())?;
 

@@ -23,6 +23,9 @@ pub struct Cli {
 enum Command {
     /// Adapt a SAM checkpoint to a target dataset by weakly supervised self-training.
     Adapt(adapt::AdaptArgs),
+    /// Train against the ground-truth masks (supervised upper bound, or a model from scratch
+    /// with --init random --model-config FILE); same flags as adapt.
+    Train(adapt::AdaptArgs),
     /// Write a corrupted copy of a dataset (folder layout) with one of the COCO-C corruptions.
     Corrupt(corrupt::CorruptArgs),
     /// Score a model on a dataset split with weak prompts (mIoU, Dice, boundary IoU).
@@ -41,6 +44,7 @@ enum Command {
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Adapt(a) => adapt::run(a),
+        Command::Train(a) => adapt::run_supervised(a),
         Command::Eval(a) => eval::run(a),
         Command::Corrupt(a) => corrupt::run(a),
         Command::Data(a) => data::run(a),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every architecture argument of the official SAM modules that a configuration may change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SamConfig {
     pub encoder_embed_dim: usize,
     pub encoder_depth: usize,
@@ -94,6 +95,25 @@ impl SamConfig {
             iou_head_hidden_dim: 64,
             num_multimask_outputs: 3,
         }
+    }
+
+    /// Reads a configuration from a JSON or TOML file (the official builder's argument names,
+    /// e.g. `configs/sam-tiny.toml`), validated.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model configuration {}", path.display()))?;
+        let parsed: anyhow::Result<Self> = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(Into::into)
+        } else {
+            toml::from_str(&text).map_err(Into::into)
+        };
+        let config =
+            parsed.with_context(|| format!("{}: not a SAM model configuration", path.display()))?;
+        config
+            .validate()
+            .with_context(|| path.display().to_string())?;
+        Ok(config)
     }
 
     /// Which official type this configuration is, if any.

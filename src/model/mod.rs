@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::VarBuilder;
 
 pub use checkpoint::StateDict;
@@ -31,6 +31,16 @@ pub use prompt_encoder::Prompts;
 use image_encoder::ImageEncoder;
 use mask_decoder::MaskDecoder;
 use prompt_encoder::PromptEncoder;
+
+/// A model with some weights made trainable, from [`Sam::trainable`].
+pub struct TrainableModel {
+    /// Computes with the variables: its forward passes build the graph back to them.
+    pub model: Sam,
+    /// The same weights detached (storage shared with the variables): no graph.
+    pub detached: Sam,
+    /// The trainable weights by official name.
+    pub vars: Vec<(String, Var)>,
+}
 
 /// A SAM model: its three parts, its configuration and the state dict it was built from.
 pub struct Sam {
@@ -109,6 +119,42 @@ impl Sam {
             path: "<random>".into(),
         };
         Self::from_state_dict(state, None, input_size, dev)
+    }
+
+    /// Another model over the same configuration and input size whose weights are `weights`
+    /// (official names; e.g. trainable variables, or detached views of them).
+    pub fn with_weights(&self, weights: HashMap<String, Tensor>) -> anyhow::Result<Self> {
+        let state = StateDict {
+            tensors: weights,
+            config: Some(self.config.clone()),
+            path: "<in memory>".into(),
+        };
+        Self::from_state_dict(state, None, Some(self.input_size), &self.device)
+    }
+
+    /// Makes the weights that `train` selects (by official name) trainable: a model that
+    /// computes with new `Var`s initialised from this model's values, a view of it on detached
+    /// tensors sharing the variables' storage (evaluation builds no graph, yet sees every
+    /// optimiser update), and the variables by name. This model itself stays untouched: the
+    /// frozen anchor.
+    pub fn trainable(&self, train: impl Fn(&str) -> bool) -> anyhow::Result<TrainableModel> {
+        let mut vars = Vec::new();
+        let mut tracked = self.weights.clone();
+        for (name, t) in tracked.iter_mut().filter(|(k, _)| train(k)) {
+            let var = Var::from_tensor(t)?;
+            *t = var.as_tensor().clone();
+            vars.push((name.clone(), var));
+        }
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let detached = tracked
+            .iter()
+            .map(|(k, t)| (k.clone(), t.detach()))
+            .collect();
+        Ok(TrainableModel {
+            model: self.with_weights(tracked)?,
+            detached: self.with_weights(detached)?,
+            vars,
+        })
     }
 
     /// Side of the image-embedding grid at the current input size.

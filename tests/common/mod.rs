@@ -2,9 +2,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use image::{GrayImage, Luma, Rgb, RgbImage};
 
 /// `tests/fixtures/tiny`, written by `scripts/make_parity_fixture.py` with the official package.
 pub fn fixture_dir() -> PathBuf {
@@ -66,4 +67,36 @@ pub fn dice_bce(x: &Tensor, t: &Tensor) -> Tensor {
             .unwrap())
     .unwrap();
     (dice + bce.mean_all().unwrap()).unwrap()
+}
+
+/// A `folder` dataset of `n` 96x80 images with one or two bright discs each.
+pub fn make_dataset(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::create_dir_all(dir.join("masks")).unwrap();
+    for i in 0..n {
+        let (cx, cy, r) = (30.0 + 5.0 * i as f32, 35.0, 12.0 + (i % 3) as f32);
+        let inside = |x: u32, y: u32, cx: f32, cy: f32, r: f32| {
+            (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r
+        };
+        let img = RgbImage::from_fn(96, 80, |x, y| {
+            if inside(x, y, cx, cy, r) {
+                Rgb([220, 120, 60])
+            } else if i % 2 == 0 && inside(x, y, 75.0, 60.0, 8.0) {
+                Rgb([60, 200, 90])
+            } else {
+                Rgb([30 + (x / 3) as u8, 40, 60 + (y / 2) as u8])
+            }
+        });
+        let mask = GrayImage::from_fn(96, 80, |x, y| {
+            Luma([if inside(x, y, cx, cy, r) {
+                1
+            } else if i % 2 == 0 && inside(x, y, 75.0, 60.0, 8.0) {
+                2
+            } else {
+                0
+            }])
+        });
+        img.save(dir.join(format!("images/{i:03}.png"))).unwrap();
+        mask.save(dir.join(format!("masks/{i:03}.png"))).unwrap();
+    }
 }

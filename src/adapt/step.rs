@@ -1,0 +1,238 @@
+//! The loss of one training step: for every image of the batch, the views, prompts and model
+//! passes of the run's objective, and its loss terms (method spec §1.3 for self-training).
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::config::{AdaptConfig, LossResolution, Objective};
+use super::losses::{
+    supervised_image_loss, wesam_image_loss, ImageLoss, StudentOutputs, WeakOutputs,
+};
+use crate::data::augment::{self, Flip};
+use crate::data::prompts::{make_prompts, mask_to_frame};
+use crate::data::{Instance, Sample};
+use crate::model::ops::{resize_2d, Interpolation};
+use crate::model::transforms::{self, Frame};
+use crate::model::{Lora, Prompts, Sam};
+
+/// The models one step runs. When only LoRA is trained, `anchor` and `model` are the same
+/// frozen model and the adapters carry the training.
+#[derive(Clone, Copy)]
+pub struct StepModels<'a> {
+    /// The frozen source model without adapters: self-training's anchor.
+    pub anchor: &'a Sam,
+    /// The model being trained (its trained weights are variables).
+    pub model: &'a Sam,
+    /// The trained adapters, if the run trains LoRA.
+    pub lora: Option<&'a Lora>,
+    /// The teacher's adapters: `lora` itself (the reference) or an EMA's frozen view.
+    pub teacher: Option<&'a Lora>,
+}
+
+/// Loss terms of one step, summed over its images, as numbers for the log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepLog {
+    pub total: f64,
+    pub focal: f64,
+    pub dice: f64,
+    pub iou: f64,
+    pub anchor: f64,
+    pub contrastive: f64,
+}
+
+impl StepLog {
+    fn add(&mut self, loss: &ImageLoss) -> Result<()> {
+        let value = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+        self.total += value(&loss.total)?;
+        self.focal += value(&loss.focal)?;
+        self.dice += value(&loss.dice)?;
+        self.iou += value(&loss.iou)?;
+        self.anchor += value(&loss.anchor)?;
+        self.contrastive += value(&loss.contrastive)?;
+        Ok(())
+    }
+}
+
+/// Keeps at most `max` random instances of a sample (the reference's `reduce_instances`).
+fn cap_instances(sample: &mut Sample, max: usize, rng: &mut StdRng) {
+    if sample.instances.len() > max {
+        sample.instances.shuffle(rng);
+        sample.instances.truncate(max);
+    }
+}
+
+/// Mask logits at the loss resolution: `[n, S, S]` or `[n, h, w]`.
+fn loss_masks(
+    low_res: &Tensor,
+    resolution: LossResolution,
+    size: usize,
+) -> candle_core::Result<Tensor> {
+    match resolution {
+        LossResolution::Input => {
+            resize_2d(low_res, size, size, Interpolation::Bilinear)?.squeeze(1)
+        }
+        LossResolution::Low => low_res.squeeze(1),
+    }
+}
+
+/// Ground-truth masks `[n, side, side]` (0/1) in the input frame at the loss resolution: each
+/// mask resized and padded as its image was, then, for the low resolution, resized bilinearly
+/// and thresholded at one half.
+fn ground_truth(
+    instances: &[Instance],
+    frame: &Frame,
+    side: usize,
+    dev: &Device,
+) -> Result<Tensor> {
+    let s = frame.size;
+    let mut data = Vec::with_capacity(instances.len() * s * s);
+    for inst in instances {
+        data.extend(
+            mask_to_frame(&inst.mask, frame)
+                .pixels()
+                .map(|p| f32::from(p.0[0] > 0)),
+        );
+    }
+    let full = Tensor::from_vec(data, (instances.len(), 1, s, s), dev)?;
+    let t = if side == s {
+        full
+    } else {
+        resize_2d(&full, side, side, Interpolation::Bilinear)?
+            .ge(0.5)?
+            .to_dtype(DType::F32)?
+    };
+    Ok(t.squeeze(1)?)
+}
+
+/// The run's loss for a batch, summed over its images, and its terms; `None` when the batch
+/// has no instance. Draws the views, caps and prompts from `rng`.
+pub fn batch_loss(
+    cfg: &AdaptConfig,
+    models: StepModels,
+    samples: &mut [Sample],
+    rng: &mut StdRng,
+) -> Result<Option<(Tensor, StepLog)>> {
+    for sample in samples.iter_mut() {
+        cap_instances(sample, cfg.train.max_instances, rng);
+    }
+    let n_total: usize = samples.iter().map(|x| x.instances.len()).sum();
+    if n_total == 0 {
+        return Ok(None);
+    }
+    let mut total: Option<Tensor> = None;
+    let mut log = StepLog::default();
+    for sample in samples.iter().filter(|x| !x.instances.is_empty()) {
+        let loss = match cfg.objective {
+            Objective::SelfTraining => self_training_loss(cfg, models, sample, n_total, rng)?,
+            Objective::Supervised => supervised_loss(cfg, models, sample, n_total, rng)?,
+        };
+        log.add(&loss)?;
+        total = Some(match total {
+            Some(t) => (t + loss.total)?,
+            None => loss.total,
+        });
+    }
+    Ok(total.map(|t| (t, log)))
+}
+
+/// One view's model input and frame, and the prompts of its instances.
+fn prepare(
+    cfg: &AdaptConfig,
+    sam: &Sam,
+    view: &Sample,
+    rng: &mut StdRng,
+) -> Result<(Tensor, Frame, Prompts)> {
+    let dev = &sam.device;
+    let (input, frame) = transforms::preprocess(
+        &view.image,
+        sam.input_size,
+        cfg.profile.preprocessing(),
+        dev,
+    )?;
+    let low = 4 * sam.embedding_size();
+    let prompts = make_prompts(&view.instances, &frame, cfg.prompt, &cfg.prompts, rng).to_model(
+        low,
+        cfg.prompts.coarse_mask_logit,
+        dev,
+    )?;
+    Ok((input, frame, prompts))
+}
+
+/// One image's WeSAM loss: anchor and teacher on the weak view, the student on the strong one.
+fn self_training_loss(
+    cfg: &AdaptConfig,
+    m: StepModels,
+    sample: &Sample,
+    n_total: usize,
+    rng: &mut StdRng,
+) -> Result<ImageLoss> {
+    let views = augment::views(sample, rng);
+    let (weak_in, _, prompts) = prepare(cfg, m.model, &views.weak, rng)?;
+    let (strong_in, _) = transforms::preprocess(
+        &views.strong,
+        m.model.input_size,
+        cfg.profile.preprocessing(),
+        &m.model.device,
+    )?;
+    let e_a = m.anchor.encode(&weak_in, None)?;
+    let (low_a, _) = m.anchor.decode(&e_a, &prompts, false)?;
+    let e_t = m.model.encode(&weak_in, m.teacher)?;
+    let (low_t, _) = m.model.decode(&e_t, &prompts, false)?;
+    let e_s = m.model.encode(&strong_in, m.lora)?;
+    let (low_s, iou_s) = m.model.decode(&e_s, &prompts, false)?;
+
+    let (res, size) = (cfg.train.loss_resolution, m.model.input_size);
+    let (m_a, m_t, m_s) = (
+        loss_masks(&low_a, res, size)?,
+        loss_masks(&low_t, res, size)?,
+        loss_masks(&low_s, res, size)?,
+    );
+    let (e_t, e_a) = (e_t.squeeze(0)?, e_a.squeeze(0)?);
+    Ok(wesam_image_loss(
+        &cfg.losses,
+        cfg.profile,
+        &StudentOutputs {
+            masks: &m_s,
+            iou_pred: &iou_s,
+        },
+        &WeakOutputs {
+            masks: &m_t,
+            low_res: &low_t,
+            embeddings: &e_t,
+        },
+        &WeakOutputs {
+            masks: &m_a,
+            low_res: &low_a,
+            embeddings: &e_a,
+        },
+        n_total,
+    )?)
+}
+
+/// One image's supervised loss: the model on the weak (flipped) view against its ground truth.
+fn supervised_loss(
+    cfg: &AdaptConfig,
+    m: StepModels,
+    sample: &Sample,
+    n_total: usize,
+    rng: &mut StdRng,
+) -> Result<ImageLoss> {
+    let view = Flip::sample(rng).apply(sample);
+    let (input, frame, prompts) = prepare(cfg, m.model, &view, rng)?;
+    let e = m.model.encode(&input, m.lora)?;
+    let (low, iou) = m.model.decode(&e, &prompts, false)?;
+    let masks = loss_masks(&low, cfg.train.loss_resolution, m.model.input_size)?;
+    let gt = ground_truth(&view.instances, &frame, masks.dim(1)?, &m.model.device)?;
+    Ok(supervised_image_loss(
+        &cfg.losses,
+        cfg.profile,
+        &StudentOutputs {
+            masks: &masks,
+            iou_pred: &iou,
+        },
+        &gt,
+        n_total,
+    )?)
+}
