@@ -34,9 +34,9 @@ def main():
     wesam = os.path.join(ROOT, "target", "release", "wesam")
     rows = []
     for p in args.passes.split(","):
-        common = ["--image-size", str(args.image_size), "--pass", p, "--repeat", str(args.repeat)]
-        ours = run([wesam, "bench", "--model-type", args.model_type.replace("_", "-"), *common, "--json"], env)
-        torch_cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_torch.py"), "--model-type", args.model_type, *common]
+        common = ["--image-size", str(args.image_size), "--repeat", str(args.repeat)]
+        ours = run([wesam, "bench", p, "--model-type", args.model_type.replace("_", "-"), *common, "--json"], env)
+        torch_cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_torch.py"), "--model-type", args.model_type, "--pass", p, *common]
         if args.threads:
             torch_cmd += ["--threads", str(args.threads)]
         ref = run(torch_cmd, env)

@@ -1,12 +1,20 @@
-//! `wesam bench`: wall time and peak memory of the encoder's passes, one pass per process, so
-//! that `scripts/compare_encoder.py` can put them beside PyTorch's measured the same way.
+//! `wesam bench`: wall time and peak memory of the encoder's passes and of a whole WeSAM
+//! training step, one pass per process, so that `scripts/compare_encoder.py` can put them beside
+//! PyTorch's measured the same way.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Tensor};
+use candle_nn::Optimizer;
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
+use crate::adapt::config::AdaptConfig;
+use crate::adapt::optim::Adam;
+use crate::adapt::step::{batch_loss, StepModels};
+use crate::data::{Instance, Sample};
 use crate::device::DeviceKind;
 use crate::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
 
@@ -18,20 +26,27 @@ pub enum Pass {
     Forward,
     /// Encoder forward and backward with LoRA on q and v; loss = mean of squared embeddings.
     LoraBackward,
+    /// One WeSAM self-training step, batch 1, box prompts, losses at the input resolution:
+    /// anchor and teacher on the weak view, student on the strong view, backward, Adam update.
+    Step,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pass: Pass,
     #[arg(long, value_enum, default_value = "vit-b")]
     model_type: ModelType,
     /// Model input size (position tables interpolated when not the checkpoint's 1024).
     #[arg(long, default_value_t = 1024)]
     image_size: usize,
-    #[arg(long, value_enum)]
-    pass: Pass,
     /// Timed repetitions after one warm-up; the median is reported.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, alias = "steps", default_value_t = 1)]
     repeat: usize,
+    /// Instances (box prompts) in the image of a `step`.
+    #[arg(long, default_value_t = 3)]
+    instances: usize,
     #[arg(long)]
     json: bool,
     #[arg(long, value_enum, default_value_t)]
@@ -46,6 +61,9 @@ struct BenchReport {
     image_size: usize,
     pass: Pass,
     seconds: f64,
+    /// `seconds` under the name the step benchmark reports it by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_per_step: Option<f64>,
     peak_rss_mb: f64,
     base_rss_mb: f64,
 }
@@ -69,14 +87,71 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// A generated image of `size`² with `n` discs as its instances (the step's sample).
+fn disc_sample(size: usize, n: usize) -> Sample {
+    let s = size as f32;
+    let discs: Vec<(f32, f32, f32)> = (0..n)
+        .map(|i| {
+            let t = (i as f32 + 0.5) / n as f32;
+            (s * (0.2 + 0.6 * t), s * (0.3 + 0.4 * (1.0 - t)), s * 0.12)
+        })
+        .collect();
+    let inside = |x: u32, y: u32, (cx, cy, r): (f32, f32, f32)| {
+        (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r
+    };
+    let image = RgbImage::from_fn(size as u32, size as u32, |x, y| {
+        match discs.iter().position(|&d| inside(x, y, d)) {
+            Some(i) => Rgb([200, 60 + 40 * i as u8, 50]),
+            None => Rgb([
+                (x * 255 / size as u32) as u8,
+                90,
+                (y * 255 / size as u32) as u8,
+            ]),
+        }
+    });
+    let instances = discs
+        .iter()
+        .map(|&(cx, cy, r)| Instance {
+            mask: GrayImage::from_fn(size as u32, size as u32, |x, y| {
+                Luma([if inside(x, y, (cx, cy, r)) { 255 } else { 0 }])
+            }),
+            bbox: [cx - r, cy - r, cx + r + 1.0, cy + r + 1.0],
+        })
+        .collect();
+    Sample {
+        id: "bench".into(),
+        image_path: "<generated>".into(),
+        image,
+        instances,
+    }
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let dev = a.device.open()?;
     let config = SamConfig::official(a.model_type);
     let sam = Sam::random(&config, Some(a.image_size), 0, &dev)?;
     let lora = Lora::new(&config, &LoraConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (1, 3, a.image_size, a.image_size), &dev)?;
-    let run_once = || -> anyhow::Result<()> {
+    let cfg = AdaptConfig::default();
+    let mut opt = Adam::new_named(lora.named_vars(), cfg.train.adam())?;
+    opt.set_learning_rate(cfg.train.lr);
+    let sample = disc_sample(a.image_size, a.instances);
+    let mut step = 0u64;
+    let mut run_once = || -> anyhow::Result<()> {
         match a.pass {
+            Pass::Step => {
+                let models = StepModels {
+                    anchor: &sam,
+                    model: &sam,
+                    lora: Some(&lora),
+                    teacher: Some(&lora),
+                };
+                let mut rng = StdRng::seed_from_u64(step);
+                step += 1;
+                let (loss, _) = batch_loss(&cfg, models, &mut [sample.clone()], &mut rng)?
+                    .context("the step's image has no instance")?;
+                opt.step(&loss.backward()?)?;
+            }
             Pass::Forward => {
                 sam.encode(&x, None)?
                     .sum_all()?
@@ -117,6 +192,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         image_size: a.image_size,
         pass: a.pass,
         seconds: times[times.len() / 2],
+        seconds_per_step: (a.pass == Pass::Step).then_some(times[times.len() / 2]),
         peak_rss_mb: (proc_status_mb("VmHWM:") - base).max(0.0),
         base_rss_mb: base,
     };

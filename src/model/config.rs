@@ -31,8 +31,11 @@ pub struct SamConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelType {
+    #[value(alias = "vit_b")]
     VitB,
+    #[value(alias = "vit_l")]
     VitL,
+    #[value(alias = "vit_h")]
     VitH,
 }
 
