@@ -8,6 +8,7 @@ mod data;
 mod eval;
 mod merge;
 mod predict;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Fold a LoRA adapter into a checkpoint and write full weights.
     Merge(merge::MergeArgs),
+    /// Write a synthetic dataset (folder layout) in a source or shifted target domain.
+    Synth(synth::SynthArgs),
     /// Time and memory of the model's passes (compare with scripts/bench_torch.py).
     Bench(bench::BenchArgs),
 }
@@ -50,6 +53,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Data(a) => data::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

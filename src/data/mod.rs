@@ -13,6 +13,7 @@ pub mod loader;
 pub mod mask;
 pub mod prompts;
 pub mod split;
+pub mod synth;
 
 use std::path::PathBuf;
 
