@@ -467,6 +467,46 @@ def weight_gradients(
     return loss.detach().reshape(1), labels_a, out
 
 
+def wesam_step_gradients(
+    sam: Sam, lora: Dict[str, torch.Tensor], weak: torch.Tensor, strong: torch.Tensor, box: torch.Tensor
+) -> Tuple[torch.Tensor, "OrderedDict[str, torch.Tensor]"]:
+    """d(WeSAM total loss)/d(LoRA) of one self-training step (method spec §1.3, `sam` profile,
+    losses on the low-res logits, the loss functions of scripts/make_loss_fixture.py): the anchor
+    (LoRA off, no graph) and the teacher on `weak`, the student on `strong`, box prompts."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_loss_fixture as L
+
+    params = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in lora.items())
+    saved = [(p, p.requires_grad) for p in sam.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            e_a = sam.image_encoder(weak)
+            low_a, _ = decode(sam, e_a, boxes=box)
+        with torch.enable_grad(), lora_enabled(sam, params):
+            e_t = sam.image_encoder(weak)
+            low_t, _ = decode(sam, e_t, boxes=box)
+            e_s = sam.image_encoder(strong)
+            low_s, iou_s = decode(sam, e_s, boxes=box)
+            n = box.shape[0]
+            s_m, t_m, a_m = low_s[:, 0], low_t[:, 0], low_a[:, 0]
+            t_bin, a_bin = (t_m > 0).float(), (a_m > 0).float()
+            terms = dict(
+                focal=L.focal(s_m, t_bin, 0.8),
+                dice=L.dice(s_m, t_bin, 1.0),
+                iou=((iou_s - L.calc_iou(s_m.detach(), t_bin, lambda x: x > 0)) ** 2).sum() / n,
+                anchor=0.5 * L.dice(s_m, a_bin) + 0.5 * L.dice(t_m, a_bin),
+                contra=L.contra(e_t[0], e_a[0], low_t.detach(), low_a.detach()),
+            )
+            total = sum(L.WEIGHTS[k] * v for k, v in terms.items())
+            grads = torch.autograd.grad(total, list(params.values()))
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+    return total.detach().reshape(1), OrderedDict((k, g.contiguous()) for k, g in zip(params, grads))
+
+
 def disc_targets(n: int, size: int) -> torch.Tensor:
     """Fixed binary masks (one disc per instance) of shape [n, 1, size, size]."""
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
@@ -811,6 +851,14 @@ def tiny_mode(out_dir: str) -> None:
         # Key biases are cancelled by the softmax: their true gradient is zero (rounding noise).
         assert k.endswith("k_proj.bias") or g.abs().max() > 1e-9, f"{k}: the loss does not reach it"
         cases[f"wgrad.{k}"] = g
+
+    # One WeSAM step's total loss and its LoRA gradients; the strong view is a fixed
+    # photometric change of the weak one (no random draw, so later cases are unchanged).
+    cases["step.strong"] = (cases["image"] * 0.7 + 0.2).contiguous()
+    loss, grads = wesam_step_gradients(sam, lora, cases["image"], cases["step.strong"], cases["box"])
+    cases["step.loss"] = loss
+    for k, g in grads.items():
+        cases[f"step.grad.{k}"] = g
 
     # Another input size: 96x96 with the 128-sized weights.
     cases["image_96"] = torch.randn(1, 3, 96, 96, generator=gen)

@@ -6,6 +6,7 @@
 pub mod adapt;
 pub mod cli;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod io;

@@ -4,25 +4,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::fixture_dir;
-
-fn wesam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wesam"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{fixture_dir, stderr, wesam};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wesam-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -39,6 +28,49 @@ fn built_in_demo_runs_and_writes_its_outputs() {
     let m = image::open(&mask).unwrap();
     assert_eq!((m.width(), m.height()), (160, 120));
     assert!(image::open(&overlay).is_ok());
+}
+
+/// `wesam adapt` without a dataset: the bundled source model adapted to a generated shifted
+/// domain (shortened here with the ordinary flags), its inputs and outputs in the run directory.
+#[test]
+fn adapt_without_a_dataset_runs_the_built_in_demo() {
+    let out = tmp("adapt-demo");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = wesam(&[
+        "adapt",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "4",
+        "--eval-limit",
+        "4",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let direct = report["direct"]["miou"].as_f64().unwrap();
+    assert!(
+        direct > 5.0,
+        "the bundled model segments the demo domain: {direct}"
+    );
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("source-model.safetensors") && config.contains("prompt = \"box\""));
+    for f in [
+        "data/synth.json",
+        "source-model.safetensors",
+        "adapter.safetensors",
+        "merged.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let o = wesam(&["adapt", "--out", out.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "a finished demo run is not overwritten"
+    );
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
 }
 
 #[test]

@@ -153,6 +153,69 @@ fn every_lora_tensor_gets_the_official_gradient() {
     }
 }
 
+/// One WeSAM step on the tiny model (anchor and teacher on the weak view, student on the strong
+/// one, box prompts, `sam` profile, losses on the low-res logits): the total loss of `adapt` and
+/// its gradient w.r.t. every LoRA tensor, as PyTorch computes them with the official model and
+/// the reference's loss functions.
+#[test]
+fn wesam_step_loss_and_lora_gradients_match_official() {
+    use wesam::adapt::losses::{wesam_image_loss, LossConfig, StudentOutputs, WeakOutputs};
+    use wesam::profile::Profile;
+    let c = cases();
+    let sam = tiny(None);
+    let lora = tiny_lora(&sam);
+    let prompts = Prompts {
+        boxes: Some(c["box"].clone()),
+        ..Default::default()
+    };
+    let run = |image: &Tensor, l: Option<&Lora>| {
+        let e = sam.encode(image, l).unwrap();
+        let (low, iou) = sam.decode(&e, &prompts, false).unwrap();
+        (e.squeeze(0).unwrap(), low, iou)
+    };
+    let (e_a, low_a, _) = run(&c["image"], None);
+    let (e_t, low_t, _) = run(&c["image"], Some(&lora));
+    let (_, low_s, iou_s) = run(&c["step.strong"], Some(&lora));
+    let masks = |low: &Tensor| low.squeeze(1).unwrap();
+    let (m_s, m_t, m_a) = (masks(&low_s), masks(&low_t), masks(&low_a));
+    let loss = wesam_image_loss(
+        &LossConfig::default(),
+        Profile::Sam,
+        &StudentOutputs {
+            masks: &m_s,
+            iou_pred: &iou_s,
+        },
+        &WeakOutputs {
+            masks: &m_t,
+            low_res: &low_t,
+            embeddings: &e_t,
+        },
+        &WeakOutputs {
+            masks: &m_a,
+            low_res: &low_a,
+            embeddings: &e_a,
+        },
+        2,
+    )
+    .unwrap();
+    let want = &c["step.loss"];
+    assert_close(
+        "step.loss",
+        &loss.total.reshape(1).unwrap(),
+        want,
+        1e-5 * max_abs(want),
+    );
+    let grads = loss.total.backward().unwrap();
+    for (name, var) in lora.named_vars() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let want = &c[&format!("step.grad.{name}")];
+        assert!(max_abs(g) > 0.0, "{name}: zero gradient");
+        assert_close(&format!("step.grad.{name}"), g, want, 1e-3 * max_abs(want));
+    }
+}
+
 /// `--trainable all` and `decoder` train model weights: every parameter of the official model
 /// (not its buffers) must be a trainable weight of wesam and receive PyTorch's gradient, for a
 /// loss whose prompts reach every parameter (box, points with labels 1/0/-1 and a mask input,

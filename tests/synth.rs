@@ -1,8 +1,12 @@
 //! `wesam synth` and its generator: deterministic scenes shared by every domain, datasets the
 //! folder loader reads, and target domains that really shift the source's appearance.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{stderr, wesam};
 
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::distance_transform::Norm;
@@ -11,13 +15,6 @@ use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::synth::{render, Domain, SplitSizes};
 use wesam::data::{DatasetOptions, Split};
 
-fn wesam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wesam"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// A fresh directory for one test.
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir()
@@ -25,10 +22,6 @@ fn tmp(name: &str) -> PathBuf {
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn synth(out: &Path, domain: &str, count: usize, extra: &[&str]) -> Output {

@@ -5,23 +5,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{Device, Tensor};
-use common::{assert_close, fixture_dir, make_dataset, max_abs_diff};
+use common::{assert_close, fixture_dir, make_dataset, max_abs_diff, stderr, wesam};
 use wesam::model::{Sam, SamConfig};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wesam-train-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-fn wesam(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wesam"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// `wesam train` on `data` into `out` with box prompts and low-resolution losses.
@@ -48,10 +41,6 @@ fn train(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Output {
 
 fn tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

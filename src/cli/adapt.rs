@@ -137,12 +137,18 @@ fn utc_stamp() -> String {
     )
 }
 
-/// The configuration: built-in (per dataset) or `--config`, then every flag given.
-fn resolve(a: &AdaptArgs, objective: Objective) -> anyhow::Result<AdaptConfig> {
-    let mut c = match (&a.config, &a.dataset) {
-        (Some(path), _) => AdaptConfig::from_file(path)?,
-        (None, Some(name)) => AdaptConfig::built_in(name)?.unwrap_or_default(),
-        (None, None) => AdaptConfig::default(),
+/// The configuration: `base` (the demo's), else built-in (per dataset) or `--config`, then
+/// every flag given.
+fn resolve(
+    a: &AdaptArgs,
+    objective: Objective,
+    base: Option<AdaptConfig>,
+) -> anyhow::Result<AdaptConfig> {
+    let mut c = match (base, &a.config, &a.dataset) {
+        (Some(base), _, _) => base,
+        (None, Some(path), _) => AdaptConfig::from_file(path)?,
+        (None, None, Some(name)) => AdaptConfig::built_in(name)?.unwrap_or_default(),
+        (None, None, None) => AdaptConfig::default(),
     };
     c.objective = objective;
     if let Some(d) = &a.dataset {
@@ -216,6 +222,17 @@ fn starting_model(cfg: &AdaptConfig, dev: &candle_core::Device) -> anyhow::Resul
     }
 }
 
+/// A new run must not overwrite one that `--resume` could continue.
+fn refuse_existing_run(out: &std::path::Path) -> anyhow::Result<()> {
+    if out.join("checkpoint.safetensors").exists() {
+        bail!(
+            "{} already holds a run: continue it with --resume, or choose another --out",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
     let command = match objective {
         Objective::SelfTraining => "adapt",
@@ -226,8 +243,21 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
             AdaptConfig::from_file(&RunDir(dir.clone()).config())?,
             RunDir(dir.clone()),
         ),
+        None if a.config.is_none() && a.dataset.is_none() => {
+            if objective == Objective::Supervised {
+                bail!("give --dataset NAME|DIR (or --config FILE); see `wesam train --help`");
+            }
+            // The built-in default: the bundled source model on a generated shifted domain.
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("runs/adapt-demo-{}", utc_stamp())));
+            refuse_existing_run(&out)?;
+            let cfg = resolve(&a, objective, Some(crate::demo::prepare(&out)?))?;
+            (cfg, RunDir(out))
+        }
         None => {
-            let cfg = resolve(&a, objective)?;
+            let cfg = resolve(&a, objective, None)?;
             if cfg.data.dataset.is_empty() {
                 bail!("give --dataset NAME|DIR (or --config FILE); see `wesam {command} --help`");
             }
@@ -243,12 +273,7 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
             let out = a.out.clone().unwrap_or_else(|| {
                 PathBuf::from(format!("runs/{command}-{name}-{prompt}-{}", utc_stamp()))
             });
-            if out.join("checkpoint.safetensors").exists() {
-                bail!(
-                    "{} already holds a run: continue it with --resume, or choose another --out",
-                    out.display()
-                );
-            }
+            refuse_existing_run(&out)?;
             (cfg, RunDir(out))
         }
     };

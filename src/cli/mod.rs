@@ -22,7 +22,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Adapt a SAM checkpoint to a target dataset by weakly supervised self-training.
+    /// Adapt a SAM checkpoint to a target dataset by weakly supervised self-training (without
+    /// --dataset: the built-in demo on a generated shifted domain).
     Adapt(adapt::AdaptArgs),
     /// Train against the ground-truth masks (supervised upper bound, or a model from scratch
     /// with --init random --model-config FILE); same flags as adapt.

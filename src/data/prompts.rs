@@ -32,6 +32,9 @@ pub enum PromptKind {
     Coarse,
     /// That simplified polygon rasterised, fed through SAM's mask input, with its box.
     CoarseMask,
+    /// A box or points, drawn per image with even odds: for training a model that serves both
+    /// (as SAM itself is trained with mixed prompts).
+    Mixed,
 }
 
 /// How prompts are drawn; defaults are the reference's (5 + 5 points, eps 5% of the perimeter
@@ -199,6 +202,14 @@ pub fn make_prompts(
     rng: &mut StdRng,
 ) -> FramePrompts {
     match kind {
+        PromptKind::Mixed => {
+            let kind = if rng.random_bool(0.5) {
+                PromptKind::Box
+            } else {
+                PromptKind::Point
+            };
+            make_prompts(instances, frame, kind, cfg, rng)
+        }
         PromptKind::Box => FramePrompts {
             boxes: Some(instances.iter().map(|i| frame.map_box(i.bbox)).collect()),
             ..Default::default()
@@ -394,6 +405,27 @@ mod tests {
         assert_eq!(
             (c.dims(), l.dims()),
             (&[2usize, 10, 2][..], &[2usize, 10][..])
+        );
+    }
+
+    #[test]
+    fn mixed_prompts_are_boxes_or_points_for_all_instances_of_an_image() {
+        let insts = [disc(64, 64, 20.0, 20.0, 6.0), disc(64, 64, 40.0, 40.0, 9.0)];
+        let frame = Frame::new((64, 64), 64, Preprocessing::Sam);
+        let cfg = PromptConfig::default();
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut boxes, mut points) = (0, 0);
+        for _ in 0..200 {
+            let p = make_prompts(&insts, &frame, PromptKind::Mixed, &cfg, &mut rng);
+            match (&p.boxes, &p.points) {
+                (Some(b), None) if b.len() == 2 => boxes += 1,
+                (None, Some(pts)) if pts.len() == 2 => points += 1,
+                other => panic!("not one kind for every instance: {other:?}"),
+            }
+        }
+        assert!(
+            (70..=130).contains(&boxes) && boxes + points == 200,
+            "{boxes} boxes"
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 use image::{GrayImage, Luma, Rgb, RgbImage};
@@ -99,4 +100,17 @@ pub fn make_dataset(dir: &Path, n: usize) {
         img.save(dir.join(format!("images/{i:03}.png"))).unwrap();
         mask.save(dir.join(format!("masks/{i:03}.png"))).unwrap();
     }
+}
+
+/// Runs the built `wesam` binary as a user would.
+pub fn wesam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wesam"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }

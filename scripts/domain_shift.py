@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Domain-shift benchmark of wesam: does weakly supervised self-training recover what a shift
+costs a source model, and does the anchor keep the source ability?
+
+For every target domain and prompt kind it runs, with the `wesam` binary only:
+  direct       the source model on the target's test split (no training)
+  st           `wesam adapt` with self-training alone (focal + dice + IoU; no anchor, no contrast)
+  st+anchor    self-training and the anchor loss
+  full         the whole method (+ contrastive)
+  supervised   `wesam train` on the target's ground truth, same LoRA and schedule (upper bound)
+  source       the source domain's test mIoU of the fully adapted model (forgetting?)
+and writes `table.md` and `table.csv` to --out. Model selection never looks at a test split: each
+run keeps its last epoch, and the configuration (configs/synth.toml) was chosen on the
+validation split of the `jpeg` domain, which is not in the suite.
+
+Suites:
+  synthetic   (default) the bundled source model (models/source-synth.safetensors) on the
+              generated target domains of `wesam synth`
+  kvasir-cvc  a small model trained from scratch on Kvasir-SEG (`wesam train --init random`),
+              adapted to CVC-ClinicDB (another centre and device); needs ../shared/data or
+              --data-root
+
+Usage: cargo build --release && python3 scripts/domain_shift.py [--suite synthetic] [--out DIR]
+"""
+import argparse
+import csv
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTH_DOMAINS = ["noise", "blur", "fog", "camouflage", "low-contrast", "clutter"]
+METHODS = ["direct", "st", "st+anchor", "full", "supervised"]
+COMMANDS = itertools.count()  # numbers the commands' log files
+ABLATIONS = {"st": ["--without", "anchor,contrastive"], "st+anchor": ["--without", "contrastive"], "full": []}
+
+
+def wesam(binary, args, log):
+    """Runs one wesam command with --json on one thread (the suite runs one command per core:
+    the small model's operations are too small to share out); returns its JSON object. Its
+    standard error goes to a log file of its own, named after its run."""
+    t = time.time()
+    err_path = os.path.join(log, f"{next(COMMANDS):03d}-{args[0]}.log")
+    env = dict(os.environ, RAYON_NUM_THREADS="1")
+    with open(err_path, "w") as err:
+        err.write("$ wesam " + " ".join(args) + "\n")
+        err.flush()
+        out = subprocess.run([binary, *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"wesam {' '.join(args)} failed (exit {out.returncode}); see {err_path}")
+    print(f"  {time.time() - t:6.1f} s  wesam {args[0]} {' '.join(a for a in args[1:6])} ...", flush=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def evaluate(binary, log, checkpoint, dataset, prompt, data_root=None, image_size=None):
+    args = ["eval", "--checkpoint", checkpoint, "--dataset", dataset, "--prompt", prompt, "--json"]
+    if data_root:
+        args += ["--data-root", data_root]
+    if image_size:
+        args += ["--image-size", str(image_size)]
+    return wesam(binary, args, log)["miou"]
+
+
+def run_cell(binary, log, out, config, model, target, prompt, source, extra):
+    """Every method on one (target, prompt) cell; returns {method: mIoU}."""
+    row = {}
+    for method, flags in ABLATIONS.items():
+        run_dir = os.path.join(out, "runs", f"{os.path.basename(target['dataset'])}-{prompt}-{method}")
+        r = wesam(binary, ["adapt", "--config", config, *target["args"], "--checkpoint", model,
+                           "--prompt", prompt, *flags, *extra, "--out", run_dir, "--json"], log)
+        row["direct"] = r["direct"]["miou"]
+        row[method] = r["adapted"]["miou"]
+        if method == "full":
+            row["source"] = evaluate(binary, log, os.path.join(run_dir, "merged.safetensors"),
+                                     source["dataset"], prompt, source.get("data_root"))
+    run_dir = os.path.join(out, "runs", f"{os.path.basename(target['dataset'])}-{prompt}-supervised")
+    r = wesam(binary, ["train", "--config", config, *target["args"], "--checkpoint", model,
+                       "--prompt", prompt, *extra, "--out", run_dir, "--json"], log)
+    row["supervised"] = r["adapted"]["miou"]
+    return row
+
+
+def synthetic_suite(a, binary, log):
+    data = os.path.join(a.out, "data")
+    model = a.model or os.path.join(ROOT, "models", "source-synth.safetensors")
+    # Target data from seeds other than the source model's training data (seed 1).
+    source_dir = os.path.join(data, "source")
+    wesam(binary, ["synth", "--domain", "source", "--count", str(a.count), "--seed", "99",
+                   "--out", source_dir, "--force", "--json"], log)
+    source = {"dataset": source_dir}
+    cells = []
+    for i, domain in enumerate(a.domains):
+        d = os.path.join(data, domain)
+        wesam(binary, ["synth", "--domain", domain, "--count", str(a.count), "--seed", str(100 + i),
+                       "--out", d, "--force", "--json"], log)
+        cells.append((domain, {"dataset": d, "args": ["--dataset", d]}))
+    config = os.path.join(ROOT, "configs", "synth.toml")
+    return model, source, cells, config, []
+
+
+def kvasir_cvc_suite(a, binary, log):
+    root = a.data_root or os.path.join(ROOT, "..", "shared", "data")
+    kvasir = os.path.join(root, "Kvasir-SEG")
+    cvc = os.path.join(root, "CVC-ClinicDB-256")
+    config = os.path.join(ROOT, "configs", "kvasir-cvc.toml")
+    model = a.model
+    if not model:
+        run_dir = os.path.join(a.out, "runs", "kvasir-source")
+        wesam(binary, ["train", "--config", config, "--dataset", "kvasir", "--data-root", kvasir,
+                       "--init", "random", "--model-config", os.path.join(ROOT, "configs", "sam-tiny.toml"),
+                       "--trainable", "all", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.01",
+                       "--epochs", str(a.source_epochs), "--out", run_dir, "--json"], log)
+        model = os.path.join(run_dir, "merged.safetensors")
+    source = {"dataset": "kvasir", "data_root": kvasir}
+    # CVC's published copy has no official split: the folder layout's 5:1 interleave.
+    cells = [("cvc-clinicdb", {"dataset": cvc, "args": ["--dataset", cvc]})]
+    return model, source, cells, config, []
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=["synthetic", "kvasir-cvc"], default="synthetic")
+    ap.add_argument("--out", default=None, help="output directory (default bench-out/<suite>)")
+    ap.add_argument("--wesam", default=os.path.join(ROOT, "target", "release", "wesam"))
+    ap.add_argument("--prompts", default="box,point")
+    ap.add_argument("--domains", default=",".join(SYNTH_DOMAINS), help="synthetic target domains")
+    ap.add_argument("--count", type=int, default=200, help="images per synthetic domain")
+    ap.add_argument("--model", help="source model (default: bundled, or trained for kvasir-cvc)")
+    ap.add_argument("--data-root", help="folder holding Kvasir-SEG/ and CVC-ClinicDB-256/")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
+    ap.add_argument("--source-epochs", type=int, default=30, help="kvasir-cvc: epochs of the source model")
+    a = ap.parse_args()
+    a.domains = a.domains.split(",")
+    a.out = a.out or os.path.join(ROOT, "bench-out", a.suite)
+    os.makedirs(a.out, exist_ok=True)
+    log = os.path.join(a.out, "logs")
+    os.makedirs(log, exist_ok=True)
+    if not os.path.exists(a.wesam):
+        sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
+
+    start = time.time()
+    suite = synthetic_suite if a.suite == "synthetic" else kvasir_cvc_suite
+    model, source, cells, config, extra = suite(a, a.wesam, log)
+    prompts = a.prompts.split(",")
+    source_miou = {p: evaluate(a.wesam, log, model, source["dataset"], p, source.get("data_root"))
+                   for p in prompts}
+    jobs = [(name, target, prompt) for name, target in cells for prompt in prompts]
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        done = pool.map(lambda j: run_cell(a.wesam, log, a.out, config, model, j[1], j[2], source, extra), jobs)
+        rows = [{"target": name, "prompt": prompt, **row} for (name, _, prompt), row in zip(jobs, done)]
+    minutes = (time.time() - start) / 60
+
+    cols = METHODS + ["source"]
+    with open(os.path.join(a.out, "table.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["target", "prompt", *cols])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()})
+    lines = [
+        f"| target | prompt | {' | '.join(cols)} | full − direct |",
+        "|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['prompt']} | " + " | ".join(f"{r[c]:.1f}" for c in cols)
+                     + f" | {r['full'] - r['direct']:+.1f} |")
+    for prompt in prompts:
+        sel = [r for r in rows if r["prompt"] == prompt]
+        mean = {c: statistics.mean(r[c] for r in sel) for c in cols}
+        lines.append(f"| **mean** | {prompt} | " + " | ".join(f"**{mean[c]:.1f}**" for c in cols)
+                     + f" | **{mean['full'] - mean['direct']:+.1f}** |")
+    src = ", ".join(f"{p} {m:.1f}" for p, m in source_miou.items())
+    lines += ["", f"Source model on the source test split: {src} mIoU. "
+                  f"Suite `{a.suite}`, {minutes:.1f} min on {os.cpu_count()} cores."]
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(a.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+//! The built-in default run: `wesam adapt` with no dataset adapts the bundled source model
+//! (`models/source-synth.safetensors`, a small SAM trained from scratch on the synthetic source
+//! domain by `scripts/train_source_model.sh`) to a generated, shifted synthetic domain, so that
+//! the main job runs on a fresh machine with no download.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::adapt::config::AdaptConfig;
+use crate::data::prompts::PromptKind;
+use crate::data::synth::{write_dataset, Domain, SynthConfig, DEFAULT_IMAGE_SIZE};
+
+/// The bundled source model: weights with the official key names and the configuration in their
+/// metadata, built into the binary so that an installed `wesam` needs no file beside it.
+pub const SOURCE_MODEL: &[u8] = include_bytes!("../models/source-synth.safetensors");
+
+/// The configuration of the synthetic suite (`configs/synth.toml`), which the demo follows.
+const SYNTH_CONFIG: &str = include_str!("../configs/synth.toml");
+
+/// The demo's target domain: the source objects filled with their background's texture.
+pub const DOMAIN: Domain = Domain::Camouflage;
+
+/// Images generated for the demo (70% adapted on, 20% evaluated).
+const COUNT: usize = 200;
+
+/// Seed of the demo's scenes: not the source model's training seed (1).
+const SEED: u64 = 7;
+
+/// Writes the demo's inputs into the run directory `out` (the bundled model as
+/// `source-model.safetensors` and the target domain under `data/`) and returns the run's
+/// configuration: `configs/synth.toml` on that data with box prompts.
+pub fn prepare(out: &Path) -> anyhow::Result<AdaptConfig> {
+    let data = out.join("data");
+    let model = out.join("source-model.safetensors");
+    crate::io::write_atomically(&model, |tmp| {
+        std::fs::write(tmp, SOURCE_MODEL).with_context(|| format!("cannot write {}", tmp.display()))
+    })?;
+    let info = write_dataset(
+        &data,
+        &SynthConfig {
+            domain: DOMAIN,
+            seed: SEED,
+            count: COUNT,
+            image_size: DEFAULT_IMAGE_SIZE,
+        },
+        true,
+    )?;
+    eprintln!(
+        "demo: adapting the bundled source model to {} generated `{DOMAIN}` images ({} instances) in {}",
+        COUNT,
+        info.instances,
+        data.display()
+    );
+    let mut cfg = AdaptConfig::from_toml(SYNTH_CONFIG, "configs/synth.toml")?;
+    cfg.data.dataset = data.display().to_string();
+    cfg.model.checkpoint = Some(model);
+    cfg.prompt = PromptKind::Box;
+    Ok(cfg)
+}
