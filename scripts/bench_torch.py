@@ -6,6 +6,10 @@ Measures one pass the way `wesam bench` does, so that the two can be compared in
   forward        encoder forward under torch.no_grad()
   lora-backward  encoder forward + backward with rank-4 LoRA on q and v of every block
                  (base weights frozen), loss = mean of squared embeddings
+  step           one WeSAM self-training step as the reference runs it: a frozen anchor copy
+                 and the LoRA model (teacher) on the weak view, the student on the strong view,
+                 3 box prompts, masks upsampled to the input size, the losses of
+                 scripts/make_loss_fixture.py (sam profile), backward, Adam update
 Prints one JSON object: {"impl", "model_type", "image_size", "pass", "seconds", "peak_rss_mb",
 "base_rss_mb"}; the peak is the kernel's VmHWM after resetting it, minus the RSS before the warm-up pass.
 """
@@ -56,17 +60,101 @@ class LoraQkv(nn.Module):
         return torch.cat([out[..., :dim] + dq, out[..., dim:2 * dim], out[..., 2 * dim:] + dv], dim=-1)
 
 
+def build_sam(model_type, size):
+    """The official Sam of a registry type at input size `size` (the builder fixes 1024)."""
+    from functools import partial
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    dim, depth, heads, glob = {"vit_b": (768, 12, 12, [2, 5, 8, 11]), "vit_l": (1024, 24, 16, [5, 11, 17, 23]),
+                               "vit_h": (1280, 32, 16, [7, 15, 23, 31])}[model_type]
+    grid = size // 16
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=depth, embed_dim=dim, img_size=size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=heads, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=glob,
+            window_size=14, out_chans=256),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(size, size),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+            depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
+            iou_head_hidden_dim=256),
+    )
+
+
+def step_benchmark(args):
+    import copy
+    import os
+    import sys
+    import torch.nn.functional as F
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_loss_fixture as L
+
+    size = args.image_size
+    sam = build_sam(args.model_type, size).eval()
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    anchor = copy.deepcopy(sam)  # the reference's frozen anchor copy
+    for blk in sam.image_encoder.blocks:
+        blk.attn.qkv = LoraQkv(blk.attn.qkv)
+    params = [p for p in sam.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-4)
+    weak = torch.randn(1, 3, size, size)
+    strong = weak * 0.7 + 0.2
+    s = float(size)
+    boxes = torch.tensor([[0.1, 0.2, 0.4, 0.5], [0.4, 0.3, 0.7, 0.6], [0.6, 0.5, 0.9, 0.8]]) * s
+
+    def run(model, image):
+        emb = model.image_encoder(image)
+        sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+        low, iou = model.mask_decoder(image_embeddings=emb, image_pe=model.prompt_encoder.get_dense_pe(),
+                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                      multimask_output=False)
+        masks = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
+        return emb, low, masks, iou
+
+    def once():
+        with torch.no_grad():
+            e_a, low_a, m_a, _ = run(anchor, weak)
+        e_t, low_t, m_t, _ = run(sam, weak)
+        _, _, m_s, iou_s = run(sam, strong)
+        n = boxes.shape[0]
+        t_bin, a_bin = (m_t > 0).float(), (m_a > 0).float()
+        loss = (20 * L.focal(m_s, t_bin, 0.8) + L.dice(m_s, t_bin, 1.0)
+                + ((iou_s - L.calc_iou(m_s.detach(), t_bin, lambda x: x > 0)) ** 2).sum() / n
+                + 0.5 * L.dice(m_s, a_bin) + 0.5 * L.dice(m_t, a_bin)
+                + L.contra(e_t[0], e_a[0], low_t.detach(), low_a.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    base = status_mb("VmRSS:")
+    reset_peak()
+    once()  # warm-up
+    times = []
+    for _ in range(max(1, args.repeat)):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times)
+    print(json.dumps({
+        "impl": f"pytorch-{torch.__version__}", "model_type": args.model_type, "image_size": size,
+        "pass": "step", "seconds": seconds, "seconds_per_step": seconds,
+        "peak_rss_mb": max(0.0, status_mb("VmHWM:") - base), "base_rss_mb": base,
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     ap.add_argument("--image-size", type=int, default=1024)
-    ap.add_argument("--pass", dest="pass_", required=True, choices=["forward", "lora-backward"])
+    ap.add_argument("--pass", dest="pass_", required=True, choices=["forward", "lora-backward", "step"])
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.pass_ == "step":
+        return step_benchmark(args)
     if args.image_size != 1024:
         # The official builder fixes 1024; build the encoder for the requested size instead.
         from segment_anything.modeling import ImageEncoderViT

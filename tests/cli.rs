@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Output;
 
 use common::{fixture_dir, stderr, wesam};
 
