@@ -60,6 +60,26 @@ class LoraQkv(nn.Module):
         return torch.cat([out[..., :dim] + dq, out[..., dim:2 * dim], out[..., 2 * dim:] + dv], dim=-1)
 
 
+def report(args, pass_, once):
+    """Times `once` after a warm-up (median of --repeat runs) and prints the JSON report. The
+    peak covers the warm-up too, as in `wesam bench`."""
+    base = status_mb("VmRSS:")
+    reset_peak()
+    once()  # warm-up
+    times = []
+    for _ in range(max(1, args.repeat)):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times)
+    out = {"impl": f"pytorch-{torch.__version__}", "model_type": args.model_type, "image_size": args.image_size,
+           "pass": pass_, "seconds": seconds}
+    if pass_ == "step":
+        out["seconds_per_step"] = seconds
+    out.update(peak_rss_mb=max(0.0, status_mb("VmHWM:") - base), base_rss_mb=base)
+    print(json.dumps(out))
+
+
 def build_sam(model_type, size):
     """The official Sam of a registry type at input size `size` (the builder fixes 1024)."""
     from functools import partial
@@ -126,20 +146,7 @@ def step_benchmark(args):
         loss.backward()
         opt.step()
 
-    base = status_mb("VmRSS:")
-    reset_peak()
-    once()  # warm-up
-    times = []
-    for _ in range(max(1, args.repeat)):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    seconds = statistics.median(times)
-    print(json.dumps({
-        "impl": f"pytorch-{torch.__version__}", "model_type": args.model_type, "image_size": size,
-        "pass": "step", "seconds": seconds, "seconds_per_step": seconds,
-        "peak_rss_mb": max(0.0, status_mb("VmHWM:") - base), "base_rss_mb": base,
-    }))
+    report(args, "step", once)
 
 
 def main():
@@ -184,20 +191,7 @@ def main():
             loss.backward()
             assert encoder.blocks[0].attn.qkv.a_q.grad is not None
 
-    # The peak covers the warm-up too, as in `wesam bench`.
-    base = status_mb("VmRSS:")
-    reset_peak()
-    once()  # warm-up
-    times = []
-    for _ in range(max(1, args.repeat)):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    print(json.dumps({
-        "impl": f"pytorch-{torch.__version__}", "model_type": args.model_type,
-        "image_size": args.image_size, "pass": args.pass_, "seconds": statistics.median(times),
-        "peak_rss_mb": max(0.0, status_mb("VmHWM:") - base), "base_rss_mb": base,
-    }))
+    report(args, args.pass_, once)
 
 
 if __name__ == "__main__":
