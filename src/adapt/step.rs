@@ -176,12 +176,20 @@ fn self_training_loss(
         cfg.profile.preprocessing(),
         &m.model.device,
     )?;
-    let e_a = m.anchor.encode(&weak_in, None)?;
-    let (low_a, _) = m.anchor.decode(&e_a, &prompts, false)?;
     let e_t = m.model.encode(&weak_in, m.teacher)?;
     let (low_t, _) = m.model.decode(&e_t, &prompts, false)?;
     let e_s = m.model.encode(&strong_in, m.lora)?;
     let (low_s, iou_s) = m.model.decode(&e_s, &prompts, false)?;
+    // The anchor's outputs feed only the anchor and contrastive terms: without both (the
+    // self-training ablation) its encoder pass is skipped and the teacher's outputs, which no
+    // enabled term then reads as the anchor's, stand in.
+    let (e_a, low_a) = if cfg.losses.anchor.enabled || cfg.losses.contrastive.enabled {
+        let e_a = m.anchor.encode(&weak_in, None)?;
+        let (low_a, _) = m.anchor.decode(&e_a, &prompts, false)?;
+        (e_a, low_a)
+    } else {
+        (e_t.detach(), low_t.detach())
+    };
 
     let (res, size) = (cfg.train.loss_resolution, m.model.input_size);
     let (m_a, m_t, m_s) = (
