@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 
-use super::ops::softmax_with_rel_pos;
+use super::ops::{biased_softmax_in_place, softmax_with_rel_pos};
 
 /// Floats per tile of scores: bounds the working memory of the CPU kernel (32 MB).
 const TILE_FLOATS: usize = 8 << 20;
@@ -113,7 +113,7 @@ impl RelPosAttention {
         (self.tile_floats / (bh * n)).clamp(1, n)
     }
 
-    /// Attention probabilities of query rows `start..start+len`.
+    /// Attention probabilities of query rows `start..start+len` (no gradient: the CPU kernel's).
     #[allow(clippy::too_many_arguments)]
     fn probs(
         &self,
@@ -124,12 +124,14 @@ impl RelPosAttention {
         start: usize,
         len: usize,
     ) -> Result<Tensor> {
-        let s = (q.narrow(1, start, len)? * self.scale())?.matmul(&k.t()?)?;
-        softmax_with_rel_pos(
+        let s = q.narrow(1, start, len)?.matmul(&k.t()?)?;
+        biased_softmax_in_place(
             &s,
             &rel_h.narrow(1, start, len)?,
             &rel_w.narrow(1, start, len)?,
-        )
+            self.scale(),
+        )?;
+        Ok(s)
     }
 }
 

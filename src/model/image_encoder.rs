@@ -7,6 +7,8 @@
 //! global blocks' relative-position tables linearly, exactly as the official `get_rel_pos` does at
 //! run time. The stored tensors keep their checkpoint shapes, so saved weights stay loadable.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -14,6 +16,7 @@ use super::attention::rel_pos_attention;
 use super::config::SamConfig;
 use super::lora::{Lora, LoraQkv};
 use super::ops::{self, Interpolation};
+use super::recompute;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -153,28 +156,36 @@ impl Attention {
         })
     }
 
-    /// `x`: `[B, H, W, C]` (a window or the whole grid).
-    fn forward(&self, x: &Tensor, lora: Option<&LoraQkv>) -> Result<Tensor> {
-        let (_, h, w, c) = x.dims4()?;
-        let mut qkv = self.qkv.forward(x)?;
-        if let Some(l) = lora {
-            let (dq, dv) = l.deltas(x)?;
-            let q = (qkv.narrow(D::Minus1, 0, c)? + dq)?;
-            let v = (qkv.narrow(D::Minus1, 2 * c, c)? + dv)?;
-            qkv = Tensor::cat(&[&q, &qkv.narrow(D::Minus1, c, c)?, &v], D::Minus1)?;
-        }
+    /// q, k and v of the tokens `x` `[B, H, W, C]` (windows or the whole grid), with the
+    /// adapters' updates: `[B, H, W, 3C]`.
+    fn qkv(&self, x: &Tensor, lora: Option<&LoraQkv>) -> Result<Tensor> {
+        let c = x.dim(D::Minus1)?;
+        let qkv = self.qkv.forward(x)?;
+        let Some(l) = lora else { return Ok(qkv) };
+        let (dq, dv) = l.deltas(x)?;
+        let q = (qkv.narrow(D::Minus1, 0, c)? + dq)?;
+        let v = (qkv.narrow(D::Minus1, 2 * c, c)? + dv)?;
+        Tensor::cat(&[&q, &qkv.narrow(D::Minus1, c, c)?, &v], D::Minus1)
+    }
+
+    /// Attention over `qkv` `[B, H, W, 3C]`, before the output projection: `[B, H, W, C]`.
+    fn attend(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (_, h, w, _) = qkv.dims4()?;
         let rh = rel_pos_lookup(&self.rel_pos_h, h)?;
         let rw = rel_pos_lookup(&self.rel_pos_w, w)?;
-        let out = rel_pos_attention(&qkv, &rh, &rw, self.num_heads)?;
-        self.proj.forward(&out)
+        rel_pos_attention(qkv, &rh, &rw, self.num_heads)
     }
+}
+
+/// Bottom/right zero padding that makes `len` a multiple of the window size `ws`.
+fn window_padding(len: usize, ws: usize) -> usize {
+    (ws - len % ws) % ws
 }
 
 /// Splits `[B, H, W, C]` into `[B * nW, ws, ws, C]` windows, zero-padding bottom/right.
 fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
     let (b, h, w, c) = x.dims4()?;
-    let ph = (ws - h % ws) % ws;
-    let pw = (ws - w % ws) % ws;
+    let (ph, pw) = (window_padding(h, ws), window_padding(w, ws));
     let x = if ph > 0 {
         x.pad_with_zeros(1, 0, ph)?
     } else {
@@ -193,13 +204,9 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
     Ok((windows, (hp, wp)))
 }
 
-/// Inverse of [`window_partition`], cropping the padding.
-fn window_unpartition(
-    windows: &Tensor,
-    ws: usize,
-    (hp, wp): (usize, usize),
-    (h, w): (usize, usize),
-) -> Result<Tensor> {
+/// Inverse of [`window_partition`] for an `h x w` grid, cropping the padding.
+fn window_unpartition(windows: &Tensor, ws: usize, (h, w): (usize, usize)) -> Result<Tensor> {
+    let (hp, wp) = (h + window_padding(h, ws), w + window_padding(w, ws));
     let c = windows.dim(3)?;
     let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
     let x = windows
@@ -245,22 +252,152 @@ impl Block {
         })
     }
 
+    /// The block on tokens `x` `[B, H, W, C]`.
+    ///
+    /// When the block's own weights are frozen (LoRA training, inference), its two halves around
+    /// the attention kernel are [`recompute::checkpoint`]ed: a training pass keeps only the block
+    /// input, the qkv tensor and the attention output of each block, not the norms, windows and
+    /// MLP activations. With trainable block weights the whole graph is kept.
     fn forward(&self, x: &Tensor, lora: Option<&LoraQkv>) -> Result<Tensor> {
-        let shortcut = x;
-        let x = self.norm1.forward(x)?;
-        let x = if self.window_size > 0 {
-            let (_, h, w, _) = x.dims4()?;
-            let (windows, padded) = window_partition(&x, self.window_size)?;
-            let y = self.attn.forward(&windows, lora)?;
-            window_unpartition(&y, self.window_size, padded, (h, w))?
-        } else {
-            self.attn.forward(&x, lora)?
+        if !self.is_frozen() {
+            let a = self.attn.attend(&self.attention_input(x, lora)?)?;
+            return self.output(&a, x);
+        }
+        let input = Arc::new(AttentionInput {
+            block: self.clone(),
+            lora: lora.cloned(),
+        });
+        let qkv = match lora {
+            Some(l) => recompute::checkpoint(input, &[x, &l.packed()?])?,
+            None => recompute::checkpoint(input, &[x])?,
         };
-        let x = (shortcut + x)?;
-        let mlp = self
-            .lin2
-            .forward(&ops::gelu(&self.lin1.forward(&self.norm2.forward(&x)?)?)?)?;
+        let a = self.attn.attend(&qkv)?;
+        recompute::checkpoint(Arc::new(BlockOutput(self.clone())), &[&a, x])
+    }
+
+    /// Whether no weight of the checkpointed halves carries a gradient.
+    fn is_frozen(&self) -> bool {
+        let (norm1, norm2) = (&self.norm1, &self.norm2);
+        let (qkv, proj) = (&self.attn.qkv, &self.attn.proj);
+        [
+            &norm1.weight,
+            &norm1.bias,
+            &norm2.weight,
+            &norm2.bias,
+            &qkv.weight,
+            &proj.weight,
+            &self.lin1.weight,
+            &self.lin2.weight,
+        ]
+        .into_iter()
+        .chain(
+            [&qkv.bias, &proj.bias, &self.lin1.bias, &self.lin2.bias]
+                .into_iter()
+                .flatten(),
+        )
+        .all(|t| !t.track_op())
+    }
+
+    /// The tokens the attention sees: `norm1(x)`, split into windows for a windowed block.
+    fn attention_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm1.forward(x)?;
+        if self.window_size > 0 {
+            Ok(window_partition(&x, self.window_size)?.0)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// The attention kernel's input: qkv of the attention tokens, adapted by `lora`.
+    fn attention_input(&self, x: &Tensor, lora: Option<&LoraQkv>) -> Result<Tensor> {
+        self.attn.qkv(&self.attention_tokens(x)?, lora)
+    }
+
+    /// `x + proj(a)`: the attention output `a` (windows or grid) projected and added to the
+    /// block input `x` `[B, H, W, C]`.
+    fn attention_residual(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let a = if self.window_size > 0 {
+            let (_, h, w, _) = x.dims4()?;
+            window_unpartition(a, self.window_size, (h, w))?
+        } else {
+            a.clone()
+        };
+        x + self.attn.proj.forward(&a)?
+    }
+
+    /// The MLP's hidden activations `gelu(lin1(norm2(x)))`.
+    fn mlp_hidden(&self, x: &Tensor) -> Result<Tensor> {
+        ops::gelu(&self.lin1.forward(&self.norm2.forward(x)?)?)
+    }
+
+    /// The block output from the attention output `a` and the block input `x`.
+    fn output(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let x = self.attention_residual(a, x)?;
+        let mlp = self.lin2.forward(&self.mlp_hidden(&x)?)?;
         x + mlp
+    }
+}
+
+/// The first checkpointed half of a block: block input (and packed adapters) to qkv.
+struct AttentionInput {
+    block: Block,
+    /// The adapters whose packed matrices are the second input; they give shapes and scale.
+    lora: Option<LoraQkv>,
+}
+
+impl AttentionInput {
+    fn lora(&self, inputs: &[Tensor]) -> Result<Option<LoraQkv>> {
+        self.lora
+            .as_ref()
+            .map(|l| l.unpacked(&inputs[1]))
+            .transpose()
+    }
+}
+
+impl recompute::Segment for AttentionInput {
+    fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        let lora = self.lora(inputs)?;
+        self.block.attention_input(&inputs[0], lora.as_ref())
+    }
+
+    /// The qkv projection is linear in the tokens: `<tokens, g W_qkv>` plus the adapters'
+    /// share, with no qkv product recomputed.
+    fn vjp_surrogate(&self, inputs: &[Tensor], grad: &Tensor) -> Result<Tensor> {
+        let tokens = self.block.attention_tokens(&inputs[0])?;
+        let c = tokens.dim(D::Minus1)?;
+        let rows = tokens.elem_count() / c;
+        let (tokens, grad) = (tokens.reshape((rows, c))?, grad.reshape((rows, 3 * c))?);
+        let through_qkv = (&tokens * grad.matmul(&self.block.attn.qkv.weight)?)?.sum_all()?;
+        match self.lora(inputs)? {
+            Some(l) => {
+                let g_q = grad.narrow(1, 0, c)?.contiguous()?;
+                let g_v = grad.narrow(1, 2 * c, c)?.contiguous()?;
+                through_qkv + l.deltas_surrogate(&tokens, &g_q, &g_v)?
+            }
+            None => Ok(through_qkv),
+        }
+    }
+}
+
+/// The second checkpointed half of a block: attention output and block input to block output.
+struct BlockOutput(Block);
+
+impl recompute::Segment for BlockOutput {
+    fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        self.0.output(&inputs[0], &inputs[1])
+    }
+
+    /// `y = x + lin2(h)` with `lin2` linear: `<x, g> + <h, g W_2>`, with no `lin2` product
+    /// recomputed.
+    fn vjp_surrogate(&self, inputs: &[Tensor], grad: &Tensor) -> Result<Tensor> {
+        let x = self.0.attention_residual(&inputs[0], &inputs[1])?;
+        let h = self.0.mlp_hidden(&x)?;
+        let c = grad.dim(D::Minus1)?;
+        let g_h = grad
+            .reshape((grad.elem_count() / c, c))?
+            .matmul(&self.0.lin2.weight)?
+            .reshape(h.shape())?;
+        (x * grad)?.sum_all()? + (h * g_h)?.sum_all()?
     }
 }
 
@@ -318,5 +455,63 @@ impl ImageEncoder {
         }
         let t = self.pos_embed.permute((0, 3, 1, 2))?;
         ops::resize_2d(&t, gh, gw, Interpolation::Bicubic)?.permute((0, 2, 3, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::checkpoint::random_state_dict;
+    use candle_core::{DType, Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The checkpointed block (two recomputed halves with their shortcut surrogates) against
+    /// the same block as one ordinary graph: output, input gradient and every adapter gradient.
+    #[test]
+    fn checkpointed_block_matches_the_full_graph() {
+        let dev = Device::Cpu;
+        let mut cfg = SamConfig::demo();
+        cfg.encoder_embed_dim = 16;
+        cfg.encoder_num_heads = 2;
+        cfg.encoder_global_attn_indexes = vec![1];
+        cfg.window_size = 3;
+        cfg.image_size = 7 * cfg.vit_patch_size;
+        let weights = random_state_dict(&cfg, 3, &dev).unwrap();
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let randn = |shape: (usize, usize, usize, usize)| Var::randn(0f32, 0.5, shape, &dev);
+        // A 5 x 7 grid: windows of 3 need padding; the global block resizes its tables.
+        let x = randn((1, 5, 7, 16)).unwrap();
+        let probe = Tensor::randn(0f32, 1., (1, 5, 7, 16), &dev).unwrap();
+        let var = |shape: (usize, usize)| Var::randn(0f32, 0.5, shape, &dev).unwrap();
+        let (a_q, b_q, a_v, b_v) = (var((4, 16)), var((16, 4)), var((4, 16)), var((16, 4)));
+        let lora = LoraQkv {
+            a_q: a_q.as_tensor().clone(),
+            b_q: b_q.as_tensor().clone(),
+            a_v: a_v.as_tensor().clone(),
+            b_v: b_v.as_tensor().clone(),
+            scale: 0.5,
+        };
+        let leaves = [&x, &a_q, &b_q, &a_v, &b_v];
+        for index in [0, 1] {
+            let block = Block::new(&cfg, index, vb.pp(format!("image_encoder.blocks.{index}")));
+            let block = block.unwrap();
+            assert!(block.is_frozen());
+            let x = x.as_tensor();
+            let kept = block.forward(x, Some(&lora)).unwrap();
+            let qkv = block.attention_input(x, Some(&lora)).unwrap();
+            let plain = block.output(&block.attn.attend(&qkv).unwrap(), x).unwrap();
+            assert!(max_diff(&kept, &plain) < 1e-5);
+            let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = (grads(&kept), grads(&plain));
+            for leaf in leaves {
+                let t = leaf.as_tensor();
+                let d = max_diff(g1.get(t).unwrap(), g2.get(t).unwrap());
+                assert!(d < 1e-4, "block {index}: gradient differs by {d}");
+            }
+        }
     }
 }

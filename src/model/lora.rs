@@ -58,6 +58,48 @@ impl LoraQkv {
         let dv = linear(&linear(x, &self.a_v, None)?, &self.b_v, None)?;
         Ok(((dq * self.scale)?, (dv * self.scale)?))
     }
+
+    /// A scalar whose gradient is that of `<deltas(x), (g_q, g_v)>`, computed at rank size:
+    /// `scale * sum((x A_q^T) * (g_q B_q)) + scale * sum((x A_v^T) * (g_v B_v))`, without the
+    /// `[rows, dim]` updates themselves. `x`, `g_q`, `g_v`: `[rows, dim]`.
+    pub fn deltas_surrogate(
+        &self,
+        x: &Tensor,
+        g_q: &Tensor,
+        g_v: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let q = (linear(x, &self.a_q, None)? * g_q.matmul(&self.b_q)?)?.sum_all()?;
+        let v = (linear(x, &self.a_v, None)? * g_v.matmul(&self.b_v)?)?.sum_all()?;
+        (q + v)? * self.scale
+    }
+
+    /// The four matrices as one flat tensor, so that an op with a fixed number of inputs (see
+    /// [`super::recompute`]) can carry them and route their gradients back to the `Var`s.
+    pub fn packed(&self) -> candle_core::Result<Tensor> {
+        let parts = self.parts().map(|t| t.flatten_all()).into_iter();
+        Tensor::cat(&parts.collect::<candle_core::Result<Vec<_>>>()?, 0)
+    }
+
+    /// Views of a [`LoraQkv::packed`] tensor shaped like `self`'s matrices.
+    pub fn unpacked(&self, packed: &Tensor) -> candle_core::Result<Self> {
+        let mut offset = 0;
+        let mut part = |t: &Tensor| {
+            let n = t.elem_count();
+            offset += n;
+            packed.narrow(0, offset - n, n)?.reshape(t.shape())
+        };
+        Ok(Self {
+            a_q: part(&self.a_q)?,
+            b_q: part(&self.b_q)?,
+            a_v: part(&self.a_v)?,
+            b_v: part(&self.b_v)?,
+            scale: self.scale,
+        })
+    }
+
+    fn parts(&self) -> [&Tensor; 4] {
+        [&self.a_q, &self.b_q, &self.a_v, &self.b_v]
+    }
 }
 
 /// Name of one adapter tensor, next to the qkv weight it adapts.

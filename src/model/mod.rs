@@ -7,12 +7,14 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod fast_math;
 pub mod hf;
 pub mod image_encoder;
 pub mod lora;
 pub mod mask_decoder;
 pub mod ops;
 pub mod prompt_encoder;
+pub mod recompute;
 pub mod transformer;
 pub mod transforms;
 

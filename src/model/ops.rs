@@ -6,8 +6,11 @@
 //! explicit backward, elsewhere composed from elementary (differentiable) tensor ops.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, InplaceOp3, Layout, Result, Shape,
+    Tensor, D,
 };
+
+use super::fast_math::{self, softmax_in_place};
 use rayon::prelude::*;
 
 /// `x @ w^T + b` for a weight stored as PyTorch's `nn.Linear` does (`[out, in]`).
@@ -83,9 +86,68 @@ impl CustomOp1 for FrozenLinear {
 }
 
 /// PyTorch's exact (erf) GELU, as `nn.GELU()` in SAM.
+///
+/// On the CPU one op with a vectorised forward and a one-pass backward; candle's `gelu_erf`
+/// composes its backward from eight element-wise ops, each allocating an MLP-sized tensor.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if is_cpu_f32(x) {
+        x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        x.gelu_erf()
+    }
 }
+
+struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "wesam-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(x.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|(y, x)| fast_math::gelu(x, y));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &GeluBackwardOp)?))
+    }
+}
+
+/// `g * gelu'(x)`.
+struct GeluBackwardOp;
+
+impl CustomOp2 for GeluBackwardOp {
+    fn name(&self) -> &'static str {
+        "wesam-gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s1, l1, self.name())?;
+        let g = cpu_f32(s2, l2, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(
+                x.par_chunks(ELEMENTWISE_CHUNK)
+                    .zip(g.par_chunks(ELEMENTWISE_CHUNK)),
+            )
+            .for_each(|(d, (x, g))| fast_math::gelu_backward(x, g, d));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 fn is_cpu_f32(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
@@ -117,17 +179,6 @@ fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     y * g.broadcast_sub(&dot)?
 }
 
-fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
-}
-
 struct SoftmaxOp;
 
 impl CustomOp1 for SoftmaxOp {
@@ -139,7 +190,7 @@ impl CustomOp1 for SoftmaxOp {
         let src = cpu_f32(s, l, self.name())?;
         let n = l.dims()[l.dims().len() - 1];
         let mut out = src.to_vec();
-        out.par_chunks_mut(n).for_each(softmax_row);
+        out.par_chunks_mut(n).for_each(softmax_in_place);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -199,19 +250,8 @@ impl CustomOp3 for RelPosSoftmaxOp {
         let scores = cpu_f32(s1, l1, self.name())?;
         let rel_h = cpu_f32(s2, l2, self.name())?;
         let rel_w = cpu_f32(s3, l3, self.name())?;
-        let (kh, kw) = (self.kh, self.kw);
-        let nk = kh * kw;
         let mut out = scores.to_vec();
-        out.par_chunks_mut(nk).enumerate().for_each(|(row, dst)| {
-            let rh = &rel_h[row * kh..(row + 1) * kh];
-            let rw = &rel_w[row * kw..(row + 1) * kw];
-            for (i, h) in rh.iter().enumerate() {
-                for (v, w) in dst[i * kw..(i + 1) * kw].iter_mut().zip(rw) {
-                    *v += h + w;
-                }
-            }
-            softmax_row(dst);
-        });
+        biased_softmax(&mut out, rel_h, rel_w, (self.kh, self.kw), 1.0);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -229,6 +269,85 @@ impl CustomOp3 for RelPosSoftmaxOp {
         let d_rel_h = grid.sum(3)?;
         let d_rel_w = grid.sum(2)?;
         Ok((Some(ds), Some(d_rel_h), Some(d_rel_w)))
+    }
+}
+
+/// Rows of `kh * kw` scores replaced in place by `softmax(scale * s + rel_h[i] + rel_w[j])`,
+/// with one `kh` and one `kw` bias row per score row.
+fn biased_softmax(
+    scores: &mut [f32],
+    rel_h: &[f32],
+    rel_w: &[f32],
+    kh_kw: (usize, usize),
+    scale: f32,
+) {
+    let (kh, kw) = kh_kw;
+    scores
+        .par_chunks_mut(kh * kw)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let rh = &rel_h[row * kh..(row + 1) * kh];
+            let rw = &rel_w[row * kw..(row + 1) * kw];
+            for (i, h) in rh.iter().enumerate() {
+                for (v, w) in dst[i * kw..(i + 1) * kw].iter_mut().zip(rw) {
+                    *v = v.mul_add(scale, h + w);
+                }
+            }
+            softmax_in_place(dst);
+        });
+}
+
+/// `softmax(scale * scores + rel_h[..., :, None] + rel_w[..., None, :])` written over `scores`
+/// (`[B, Nq, kh*kw]`, a fresh contiguous tensor that nothing else reads), without a gradient:
+/// the attention kernel's tiles, which need no copy of their scores.
+pub fn biased_softmax_in_place(
+    scores: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+    scale: f64,
+) -> Result<()> {
+    let op = BiasedSoftmaxInPlace {
+        kh: rel_h.dim(D::Minus1)?,
+        kw: rel_w.dim(D::Minus1)?,
+        scale: scale as f32,
+    };
+    scores.inplace_op3(&rel_h.contiguous()?, &rel_w.contiguous()?, &op)
+}
+
+struct BiasedSoftmaxInPlace {
+    kh: usize,
+    kw: usize,
+    scale: f32,
+}
+
+impl InplaceOp3 for BiasedSoftmaxInPlace {
+    fn name(&self) -> &'static str {
+        "wesam-biased-softmax-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let (a, b) = dst_l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: strided scores", self.name())))?;
+        let CpuStorage::F32(scores) = dst else {
+            candle_core::bail!("{}: f32 only", self.name())
+        };
+        let rel_h = cpu_f32(s2, l2, self.name())?;
+        let rel_w = cpu_f32(s3, l3, self.name())?;
+        let scores = &mut scores[a..b];
+        if scores.len() / (self.kh * self.kw) * self.kh != rel_h.len() {
+            candle_core::bail!("{}: bias rows do not match the score rows", self.name());
+        }
+        biased_softmax(scores, rel_h, rel_w, (self.kh, self.kw), self.scale);
+        Ok(())
     }
 }
 
