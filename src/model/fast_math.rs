@@ -69,17 +69,45 @@ pub fn softmax_in_place(row: &mut [f32]) {
         #[inline(always)]
         || {
             let max = max(row);
-            let mut sum = Lanes::default();
-            for chunk in row.chunks_mut(LANES) {
-                for (s, v) in sum.0.iter_mut().zip(chunk) {
-                    *v = exp(*v - max);
-                    *s += *v;
-                }
-            }
-            let inv = 1.0 / sum.0.iter().sum::<f32>();
-            row.iter_mut().for_each(|v| *v *= inv);
+            exp_normalise(row, max)
         },
     )
+}
+
+/// Softmax of one row of `kh * kw` attention scores with SAM's decomposed relative-position
+/// bias, in place: `softmax(scale * s[i, j] + rel_h[i] + rel_w[j])`. The bias and the running
+/// maximum are one pass over the row.
+pub fn biased_softmax_in_place(row: &mut [f32], rel_h: &[f32], rel_w: &[f32], scale: f32) {
+    vectorised(
+        #[inline(always)]
+        || {
+            let kw = rel_w.len();
+            let mut m = Lanes([f32::NEG_INFINITY; LANES]);
+            for (segment, h) in row.chunks_mut(kw).zip(rel_h) {
+                for (chunk, w) in segment.chunks_mut(LANES).zip(rel_w.chunks(LANES)) {
+                    for ((v, w), m) in chunk.iter_mut().zip(w).zip(m.0.iter_mut()) {
+                        *v = v.mul_add(scale, h + w);
+                        *m = if *v > *m { *v } else { *m };
+                    }
+                }
+            }
+            exp_normalise(row, m.max())
+        },
+    )
+}
+
+/// `e^(v - max) / sum` over the row.
+#[inline(always)]
+fn exp_normalise(row: &mut [f32], max: f32) {
+    let mut sum = Lanes::default();
+    for chunk in row.chunks_mut(LANES) {
+        for (s, v) in sum.0.iter_mut().zip(chunk) {
+            *v = exp(*v - max);
+            *s += *v;
+        }
+    }
+    let inv = 1.0 / sum.0.iter().sum::<f32>();
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `0.5 x (1 + erf(x / sqrt 2))` of every `x`, into `out`.
@@ -115,6 +143,12 @@ const LANES: usize = 8;
 #[derive(Default)]
 struct Lanes([f32; LANES]);
 
+impl Lanes {
+    fn max(self) -> f32 {
+        self.0.into_iter().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
 #[inline(always)]
 fn max(row: &[f32]) -> f32 {
     let mut m = Lanes([f32::NEG_INFINITY; LANES]);
@@ -123,7 +157,7 @@ fn max(row: &[f32]) -> f32 {
             *m = if v > *m { v } else { *m };
         }
     }
-    m.0.into_iter().fold(f32::NEG_INFINITY, f32::max)
+    m.max()
 }
 
 #[cfg(test)]
@@ -175,6 +209,26 @@ mod tests {
             for (a, b) in row.iter().zip(&want) {
                 assert!((*a as f64 - b).abs() < 1e-6, "n={n}: {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn biased_softmax_adds_both_bias_tables_and_the_scale() {
+        // kw = 11 is not a multiple of the lane width.
+        let (kh, kw, scale) = (3, 11, 0.7f32);
+        let s: Vec<f32> = (0..kh * kw)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.9)
+            .collect();
+        let rh: Vec<f32> = (0..kh).map(|i| i as f32 * 0.3 - 0.2).collect();
+        let rw: Vec<f32> = (0..kw).map(|j| 0.5 - j as f32 * 0.15).collect();
+        let mut want: Vec<f32> = (0..kh * kw)
+            .map(|k| s[k] * scale + rh[k / kw] + rw[k % kw])
+            .collect();
+        softmax_in_place(&mut want);
+        let mut got = s.clone();
+        biased_softmax_in_place(&mut got, &rh, &rw, scale);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-7, "{a} vs {b}");
         }
     }
 

@@ -288,12 +288,7 @@ fn biased_softmax(
         .for_each(|(row, dst)| {
             let rh = &rel_h[row * kh..(row + 1) * kh];
             let rw = &rel_w[row * kw..(row + 1) * kw];
-            for (i, h) in rh.iter().enumerate() {
-                for (v, w) in dst[i * kw..(i + 1) * kw].iter_mut().zip(rw) {
-                    *v = v.mul_add(scale, h + w);
-                }
-            }
-            softmax_in_place(dst);
+            fast_math::biased_softmax_in_place(dst, rh, rw, scale);
         });
 }
 
