@@ -593,6 +593,20 @@ mod tests {
         );
     }
 
+    /// The fused CPU GELU against candle's composed `gelu_erf`, the path other devices take.
+    #[test]
+    fn fused_gelu_matches_composed_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        // More elements than one parallel chunk, so the chunking is exercised too.
+        let n = ELEMENTWISE_CHUNK + 37;
+        let x = Var::randn(0f32, 2., n, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1., n, &dev).unwrap();
+        let (y1, g1) = value_and_grad(&x, &probe, gelu);
+        let (y2, g2) = value_and_grad(&x, &probe, |t| t.gelu_erf());
+        assert!(max_diff(&y1, &y2) < 2e-6, "{}", max_diff(&y1, &y2));
+        assert!(max_diff(&g1, &g2) < 2e-6, "{}", max_diff(&g1, &g2));
+    }
+
     #[test]
     fn rel_pos_softmax_matches_composed_for_every_input() {
         let dev = Device::Cpu;
