@@ -462,12 +462,8 @@ impl ImageEncoder {
 mod tests {
     use super::*;
     use crate::model::checkpoint::random_state_dict;
+    use crate::model::test_util::max_diff;
     use candle_core::{DType, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     /// The checkpointed block (two recomputed halves with their shortcut surrogates) against
     /// the same block as one ordinary graph: output, input gradient and every adapter gradient.

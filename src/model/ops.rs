@@ -522,20 +522,8 @@ pub fn resize_2d(x: &Tensor, out_h: usize, out_w: usize, kind: Interpolation) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_diff;
     use candle_core::Var;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Value and gradient of `f` at `x` under the loss `sum(f(x) * probe)`.
     fn value_and_grad(

@@ -159,6 +159,7 @@ impl CustomOp2 for Recompute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_util::max_diff;
     use candle_core::DType;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -171,19 +172,6 @@ mod tests {
             self.0.fetch_add(1, Ordering::Relaxed);
             inputs[0].matmul(&inputs[1])?.tanh()? * &inputs[0]
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]
