@@ -18,18 +18,6 @@ pub mod recompute;
 pub mod transformer;
 pub mod transforms;
 
-/// Helpers shared by the model's unit tests.
-#[cfg(test)]
-pub(crate) mod test_util {
-    use candle_core::Tensor;
-
-    /// The largest absolute element-wise difference of two tensors of one shape.
-    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-}
-
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -218,5 +206,17 @@ impl Sam {
             serde_json::to_string(&self.config)?,
         )]);
         checkpoint::write_safetensors(path, &tensors, meta)
+    }
+}
+
+/// Helpers shared by the model's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// The largest absolute element-wise difference of two tensors of one shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 }
