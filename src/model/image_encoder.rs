@@ -183,7 +183,7 @@ fn window_padding(len: usize, ws: usize) -> usize {
 }
 
 /// Splits `[B, H, W, C]` into `[B * nW, ws, ws, C]` windows, zero-padding bottom/right.
-fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+fn window_partition(x: &Tensor, ws: usize) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     let (ph, pw) = (window_padding(h, ws), window_padding(w, ws));
     let x = if ph > 0 {
@@ -197,11 +197,9 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
         x
     };
     let (hp, wp) = (h + ph, w + pw);
-    let windows = x
-        .reshape((b, hp / ws, ws, wp / ws, ws, c))?
+    x.reshape((b, hp / ws, ws, wp / ws, ws, c))?
         .permute((0, 1, 3, 2, 4, 5))?
-        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
-    Ok((windows, (hp, wp)))
+        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))
 }
 
 /// Inverse of [`window_partition`] for an `h x w` grid, cropping the padding.
@@ -302,7 +300,7 @@ impl Block {
     fn attention_tokens(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.norm1.forward(x)?;
         if self.window_size > 0 {
-            Ok(window_partition(&x, self.window_size)?.0)
+            window_partition(&x, self.window_size)
         } else {
             Ok(x)
         }
