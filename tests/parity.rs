@@ -225,7 +225,7 @@ fn every_model_parameter_gets_the_official_gradient() {
     use wesam::adapt::config::Trainable;
     let c = cases();
     let sam = tiny(None);
-    let trainable = sam.trainable(|k| Trainable::All.trains(k)).unwrap();
+    let trainable = sam.trainable(|k| Trainable::All.trains(k, &[])).unwrap();
     let model = &trainable.model;
     let embed = model.encode(&c["image"], None).unwrap();
     let full = Prompts {

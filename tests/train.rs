@@ -1,6 +1,7 @@
 //! `wesam train` end to end on a generated dataset: decoder training changes the decoder and
 //! nothing else and resumes bit for bit after a crash; a model trained from scratch learns,
-//! changes every parameter and loads back with its architecture; bad combinations are errors.
+//! changes every parameter and loads back with its architecture; `--train-names` trains the named
+//! weights only; bad combinations are errors.
 
 mod common;
 
@@ -100,6 +101,48 @@ fn decoder_training_changes_only_the_decoder_and_resumes_bit_for_bit() {
     for (k, v) in &merged {
         assert_close(&format!("resumed {k}"), &resumed[k], v, 0.0);
     }
+}
+
+/// `--train-names`: exactly the weights whose official names contain one of the strings change.
+#[test]
+fn named_training_changes_only_the_named_weights() {
+    let data = tmp("data-named");
+    make_dataset(&data, 4);
+    let model = fixture_dir().join("model.safetensors");
+    let out = tmp("named");
+    let names = ["patch_embed", "image_encoder.blocks.0.mlp"];
+    let o = train(
+        &data,
+        &out,
+        "1",
+        &[
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--train-names",
+            &names.join(","),
+            "--lr",
+            "1e-2",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("trainable = \"named\"") && config.contains("patch_embed"));
+    let base = tensors(&model);
+    let merged = tensors(&out.join("merged.safetensors"));
+    let mut trained = 0;
+    for (k, v) in &base {
+        let d = max_abs_diff(&merged[k], v);
+        if names.iter().any(|n| k.contains(n)) {
+            assert!(d > 0.0, "{k} did not change");
+            trained += 1;
+        } else {
+            assert_eq!(d, 0.0, "{k} changed but is not named");
+        }
+    }
+    assert!(
+        trained >= 6,
+        "patch embedding and one MLP: {trained} weights"
+    );
 }
 
 /// A small architecture that trains in seconds.
@@ -213,6 +256,55 @@ fn bad_combinations_are_clear_errors() {
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("EMA"), "{}", stderr(&o));
+
+    let o = train(
+        &data,
+        &tmp("bad-names"),
+        "1",
+        &[
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--train-names",
+            "no_such_weight",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no_such_weight"), "{}", stderr(&o));
+
+    let o = train(
+        &data,
+        &tmp("bad-names-all"),
+        "1",
+        &[
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--trainable",
+            "all",
+            "--train-names",
+            "patch_embed",
+        ],
+    );
+    assert!(!o.status.success(), "--train-names with --trainable all");
+    assert!(stderr(&o).contains("--train-names"), "{}", stderr(&o));
+
+    let names_cfg = tmp("names.toml");
+    std::fs::write(&names_cfg, "[model]\ntrain_names = [\"patch_embed\"]\n").unwrap();
+    let o = train(
+        &data,
+        &tmp("bad-names-cfg"),
+        "1",
+        &[
+            "--config",
+            names_cfg.to_str().unwrap(),
+            "--checkpoint",
+            model.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "train_names without trainable = \"named\""
+    );
+    assert!(stderr(&o).contains("\"named\""), "{}", stderr(&o));
 
     let bad_cfg = tmp("bad.toml");
     std::fs::write(&bad_cfg, SMALL.replace("encoder_depth", "encoder_dept")).unwrap();

@@ -78,16 +78,20 @@ pub enum Trainable {
     Decoder,
     /// Every weight of the model (not the prompt encoder's fixed Fourier matrix, a buffer).
     All,
+    /// The weights whose official names contain one of `model.train_names` (e.g.
+    /// `patch_embed`): where in the network a shift can be absorbed.
+    Named,
 }
 
 impl Trainable {
     /// Whether the model weight of this official name is trained (LoRA adapters are not model
-    /// weights and are handled apart).
-    pub fn trains(self, name: &str) -> bool {
+    /// weights and are handled apart); `names` are the patterns of `Trainable::Named`.
+    pub fn trains(self, name: &str, names: &[String]) -> bool {
         match self {
             Trainable::Lora => false,
             Trainable::Decoder => name.starts_with("mask_decoder."),
             Trainable::All => !name.ends_with("positional_encoding_gaussian_matrix"),
+            Trainable::Named => names.iter().any(|n| name.contains(n.as_str())),
         }
     }
 }
@@ -117,7 +121,17 @@ pub struct ModelConfig {
     /// so the run directory's `config.toml` is self-contained).
     pub architecture: Option<SamConfig>,
     pub trainable: Trainable,
+    /// With `trainable = "named"`: a weight is trained when its official name contains one of
+    /// these strings.
+    pub train_names: Vec<String>,
     pub lora: LoraConfig,
+}
+
+impl ModelConfig {
+    /// Whether the model weight of this official name is trained.
+    pub fn trains(&self, name: &str) -> bool {
+        self.trainable.trains(name, &self.train_names)
+    }
 }
 
 /// Adam or AdamW.

@@ -168,6 +168,12 @@ struct Trained {
 impl Trained {
     fn new(cfg: &AdaptConfig, sam: &Sam) -> Result<Self> {
         let trainable = cfg.model.trainable;
+        if trainable != Trainable::Named && !cfg.model.train_names.is_empty() {
+            bail!(
+                "train_names {:?} is set but trainable is not \"named\"",
+                cfg.model.train_names
+            );
+        }
         let lora = (trainable == Trainable::Lora)
             .then(|| Lora::new(&sam.config, &cfg.model.lora, cfg.train.seed, &sam.device))
             .transpose()?;
@@ -178,8 +184,15 @@ impl Trained {
         };
         let (model, eval_model, weights) = match trainable {
             Trainable::Lora => (None, None, Vec::new()),
-            t => {
-                let m = sam.trainable(|name| t.trains(name))?;
+            _ => {
+                let m = sam.trainable(|name| cfg.model.trains(name))?;
+                if m.vars.is_empty() {
+                    bail!(
+                        "no weight of the model is trained: no official name contains any of \
+                         train_names {:?}",
+                        cfg.model.train_names
+                    );
+                }
                 (Some(m.model), Some(m.detached), m.vars)
             }
         };

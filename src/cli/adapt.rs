@@ -42,9 +42,14 @@ pub struct AdaptArgs {
     /// builder's arguments (e.g. configs/sam-tiny.toml).
     #[arg(long)]
     model_config: Option<PathBuf>,
-    /// What is trained: LoRA adapters (default), the mask decoder, or every weight.
+    /// What is trained: LoRA adapters (default), the mask decoder, every weight, or the
+    /// weights named by --train-names.
     #[arg(long, value_enum)]
     trainable: Option<Trainable>,
+    /// Train the weights whose official names contain one of these strings (implies
+    /// --trainable named), e.g. `patch_embed,blocks.0.mlp`.
+    #[arg(long, value_delimiter = ',')]
+    train_names: Option<Vec<String>>,
     /// Model input size (e.g. 512 on a CPU); position tables are interpolated.
     #[arg(long)]
     image_size: Option<usize>,
@@ -172,6 +177,13 @@ fn resolve(
         eval_limit => data.eval_limit, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity,
     );
+    if let Some(names) = &a.train_names {
+        if a.trainable.is_some_and(|t| t != Trainable::Named) {
+            bail!("--train-names trains the named weights only: drop --trainable");
+        }
+        c.model.trainable = Trainable::Named;
+        c.model.train_names = names.clone();
+    }
     for term in &a.without {
         let t = match term.as_str() {
             "focal" => &mut c.losses.focal,
