@@ -2,9 +2,9 @@
 """Where can the bundled source model absorb a synthetic shift, and does the WeSAM objective
 find it? A diagnosis of the domain-shift suite's small gains (scripts/domain_shift.py).
 
-For tuning domains of other seeds than the suite's (camouflage 51, fog 52, low-contrast 53: the
-seeds configs/synth.toml was chosen on), box prompts and the suite's settings, it trains one set
-of weights at a time:
+For tuning domains of other seeds than the suite's (camouflage 51, fog 52, low-contrast 53),
+box prompts and the suite's other settings (configs/synth.toml), it trains one set of weights at
+a time:
   lora         the method's LoRA adapters on the encoder's q and v (lr 1e-2, which moves them
                most; the suite runs at 3e-4)
   patch_embed  the patch embedding only (--train-names patch_embed, lr 1e-3)

@@ -88,15 +88,20 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra):
 
 def write_tables(out, fields, rows, lines):
     """Writes `rows` (dicts of `fields`) to `out/table.csv`, numbers with two decimals, and the
-    markdown `lines` to `out/table.md`, and prints the markdown."""
-    with open(os.path.join(out, "table.csv"), "w", newline="") as f:
+    markdown `lines` to `out/table.md`, each under a temporary name renamed into place (a
+    failure leaves the previous table whole), and prints the markdown."""
+    csv_tmp = os.path.join(out, "table.csv.tmp")
+    with open(csv_tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(csv_tmp, os.path.join(out, "table.csv"))
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "table.md"), "w") as f:
+    md_tmp = os.path.join(out, "table.md.tmp")
+    with open(md_tmp, "w") as f:
         f.write(table)
+    os.replace(md_tmp, os.path.join(out, "table.md"))
     print(table)
 
 

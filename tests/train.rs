@@ -232,94 +232,63 @@ fn training_from_scratch_learns_every_parameter_and_loads_back() {
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 }
 
+/// `wesam train` with `args` into a fresh run directory `name` fails, and its error names every
+/// one of `needles`.
+fn assert_train_fails(data: &Path, name: &str, args: &[&str], needles: &[&str]) {
+    let o = train(data, &tmp(name), "1", args);
+    assert!(!o.status.success(), "{name}: {args:?} succeeded");
+    let e = stderr(&o);
+    assert!(needles.iter().all(|n| e.contains(n)), "{name}: {e}");
+}
+
 #[test]
 fn bad_combinations_are_clear_errors() {
     let data = tmp("data-bad");
     make_dataset(&data, 2);
-    let o = train(&data, &tmp("bad1"), "1", &["--init", "random"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("--model-config"), "{}", stderr(&o));
+    assert_train_fails(&data, "bad1", &["--init", "random"], &["--model-config"]);
 
     let model = fixture_dir().join("model.safetensors");
-    let o = train(
-        &data,
-        &tmp("bad2"),
-        "1",
-        &[
-            "--checkpoint",
-            model.to_str().unwrap(),
-            "--trainable",
-            "decoder",
-            "--ema",
-            "0.9",
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("EMA"), "{}", stderr(&o));
+    let model = model.to_str().unwrap();
+    let decoder_ema = [
+        "--checkpoint",
+        model,
+        "--trainable",
+        "decoder",
+        "--ema",
+        "0.9",
+    ];
+    assert_train_fails(&data, "bad2", &decoder_ema, &["EMA"]);
 
-    let o = train(
-        &data,
-        &tmp("bad-names"),
-        "1",
-        &[
-            "--checkpoint",
-            model.to_str().unwrap(),
-            "--train-names",
-            "no_such_weight",
-        ],
-    );
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("no_such_weight"), "{}", stderr(&o));
+    let unmatched = ["--checkpoint", model, "--train-names", "no_such_weight"];
+    assert_train_fails(&data, "bad-names", &unmatched, &["no_such_weight"]);
 
-    let o = train(
-        &data,
-        &tmp("bad-names-all"),
-        "1",
-        &[
-            "--checkpoint",
-            model.to_str().unwrap(),
-            "--trainable",
-            "all",
-            "--train-names",
-            "patch_embed",
-        ],
-    );
-    assert!(!o.status.success(), "--train-names with --trainable all");
-    assert!(stderr(&o).contains("--train-names"), "{}", stderr(&o));
+    let both = [
+        "--checkpoint",
+        model,
+        "--trainable",
+        "all",
+        "--train-names",
+        "patch_embed",
+    ];
+    assert_train_fails(&data, "bad-names-all", &both, &["--train-names"]);
 
     let names_cfg = tmp("names.toml");
     std::fs::write(&names_cfg, "[model]\ntrain_names = [\"patch_embed\"]\n").unwrap();
-    let o = train(
-        &data,
-        &tmp("bad-names-cfg"),
-        "1",
-        &[
-            "--config",
-            names_cfg.to_str().unwrap(),
-            "--checkpoint",
-            model.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        !o.status.success(),
-        "train_names without trainable = \"named\""
-    );
-    assert!(stderr(&o).contains("\"named\""), "{}", stderr(&o));
+    let unnamed = [
+        "--config",
+        names_cfg.to_str().unwrap(),
+        "--checkpoint",
+        model,
+    ];
+    assert_train_fails(&data, "bad-names-cfg", &unnamed, &["\"named\""]);
 
     let bad_cfg = tmp("bad.toml");
     std::fs::write(&bad_cfg, SMALL.replace("encoder_depth", "encoder_dept")).unwrap();
-    let o = train(
-        &data,
-        &tmp("bad3"),
-        "1",
-        &[
-            "--init",
-            "random",
-            "--model-config",
-            bad_cfg.to_str().unwrap(),
-        ],
-    );
-    assert!(!o.status.success());
-    let e = stderr(&o);
-    assert!(e.contains("bad.toml") && e.contains("encoder_dept"), "{e}");
+    let random = [
+        "--init",
+        "random",
+        "--model-config",
+        bad_cfg.to_str().unwrap(),
+    ];
+    assert_train_fails(&data, "bad3", &random, &["bad.toml", "encoder_dept"]);
 }
