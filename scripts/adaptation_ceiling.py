@@ -6,7 +6,7 @@ For tuning domains of other seeds than the suite's (camouflage 51, fog 52, low-c
 box prompts and the suite's other settings (configs/synth.toml), it trains one set of weights at
 a time:
   lora         the method's LoRA adapters on the encoder's q and v (lr 1e-2, which moves them
-               most; the suite runs at 3e-4)
+               most; the suite runs at 1e-3)
   patch_embed  the patch embedding only (--train-names patch_embed, lr 1e-3)
   all          every weight (--trainable all, lr 1e-3)
 each with the ground truth (`wesam train`, supervised) and with the WeSAM objective on the same
@@ -15,14 +15,13 @@ direct mIoU and every run's mIoU on the domain's test split.
 
 Usage: cargo build --release && python3 scripts/adaptation_ceiling.py [--out DIR]
 """
-import argparse
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from domain_shift import ROOT, wesam, write_tables  # noqa: E402
+from domain_shift import tuning_setup, wesam, write_tables  # noqa: E402
 
 DOMAINS = {"camouflage": 51, "fog": 52, "low-contrast": 53}
 WEIGHTS = {
@@ -34,18 +33,7 @@ OBJECTIVES = {"supervised": "train", "wesam": "adapt"}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench-out", "adaptation-ceiling"))
-    ap.add_argument("--wesam", default=os.path.join(ROOT, "target", "release", "wesam"))
-    ap.add_argument("--model", default=os.path.join(ROOT, "models", "source-synth.safetensors"))
-    ap.add_argument("--count", type=int, default=200, help="images per tuning domain")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
-    a = ap.parse_args()
-    log = os.path.join(a.out, "logs")
-    os.makedirs(log, exist_ok=True)
-    if not os.path.exists(a.wesam):
-        sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
-    config = os.path.join(ROOT, "configs", "synth.toml")
+    a, log, config = tuning_setup(__doc__, "adaptation-ceiling")
 
     start = time.time()
     for domain, seed in DOMAINS.items():

@@ -10,9 +10,9 @@ For every target domain and prompt kind it runs, with the `wesam` binary only:
   supervised   `wesam train` on the target's ground truth, same LoRA and schedule (upper bound)
   source       the source domain's test mIoU of the fully adapted model (forgetting?)
 and writes `table.md` and `table.csv` to --out. Model selection never looks at a test split: each
-run keeps its last epoch, and the configuration (configs/synth.toml: learning rate 3e-4 among
-1e-4 to 1e-2, rank 4 against 16) was chosen on tuning domains of other seeds (camouflage 51,
-fog 52, source 98) than the suite's (99 and up).
+run keeps its last epoch, and the configuration (configs/synth.toml: the learning rate chosen by
+scripts/tune_synth_lr.py among 1e-4 to 1e-2, rank 4 against 16) was chosen on tuning domains of
+other seeds (camouflage 51, fog 52, source 98) than the suite's (99 and up).
 
 Suites:
   synthetic   (default) the bundled source model (models/source-synth.safetensors) on the
@@ -28,6 +28,7 @@ import csv
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,34 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra):
                        "--prompt", prompt, *extra, "--out", run_dir, "--json"], log)
     row["supervised"] = r["adapted"]["miou"]
     return row
+
+
+def prepare_out(out):
+    """Makes `out` and its `logs/`, and removes the `runs/` of an earlier invocation (a run
+    directory that already holds a run would make `wesam` refuse to start). The previous tables
+    stay until the new ones replace them. Returns the log directory."""
+    shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    log = os.path.join(out, "logs")
+    os.makedirs(log, exist_ok=True)
+    return log
+
+
+def tuning_setup(doc, out_name):
+    """The command line of the scripts that work on tuning domains (tune_synth_lr.py,
+    adaptation_ceiling.py): parses it with `doc`'s first paragraph as description, prepares
+    --out (default bench-out/OUT_NAME) and checks the binary. Returns the arguments, the log
+    directory and the suite's configuration file."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-out", out_name))
+    ap.add_argument("--wesam", default=os.path.join(ROOT, "target", "release", "wesam"))
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "source-synth.safetensors"))
+    ap.add_argument("--count", type=int, default=200, help="images per tuning domain")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
+    a = ap.parse_args()
+    log = prepare_out(a.out)
+    if not os.path.exists(a.wesam):
+        sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
+    return a, log, os.path.join(ROOT, "configs", "synth.toml")
 
 
 def write_tables(out, fields, rows, lines):
@@ -159,9 +188,7 @@ def main():
     a = ap.parse_args()
     a.domains = a.domains.split(",")
     a.out = a.out or os.path.join(ROOT, "bench-out", a.suite)
-    os.makedirs(a.out, exist_ok=True)
-    log = os.path.join(a.out, "logs")
-    os.makedirs(log, exist_ok=True)
+    log = prepare_out(a.out)
     if not os.path.exists(a.wesam):
         sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces models/source-synth.safetensors from scratch: the small SAM of configs/sam-tiny.toml
 # (0.7 M parameters, 128² input) trained with `wesam train` on 2000 generated source-domain
-# images (seed 1), every weight trainable, AdamW. Two phases:
-#   1. box prompts from random weights, 7 epochs at a constant learning rate of 1e-3;
-#   2. mixed prompts (a box or 5 + 5 points per image, so that the model serves both), 4 epochs
+# images (seed 1), every weight trainable, AdamW, batches of 2 images (one per core). Two phases:
+#   1. box prompts from random weights, 18 epochs at a constant learning rate of 2e-3 (after a
+#      250-step warm-up);
+#   2. mixed prompts (a box or 5 + 5 points per image, so that the model serves both), 12 epochs
 #      with the decaying schedule of configs/source-synth.toml.
 # About 35 minutes on 2 CPU cores.
 #   bash scripts/train_source_model.sh [OUT_DIR]
@@ -13,12 +14,12 @@ out="${1:-runs/source-synth}"
 cargo build --release
 wesam=target/release/wesam
 "$wesam" synth --domain source --count 2000 --seed 1 --out "$out/data" --force
-"$wesam" train --dataset "$out/data" --prompt box --epochs 7 --trainable all \
-    --init random --model-config configs/sam-tiny.toml \
-    --optimizer adamw --lr 1e-3 --weight-decay 0.01 --loss-resolution low --eval-limit 100 \
+"$wesam" train --dataset "$out/data" --prompt box --epochs 18 --trainable all \
+    --init random --model-config configs/sam-tiny.toml --batch-size 2 \
+    --optimizer adamw --lr 2e-3 --weight-decay 0.01 --loss-resolution low --eval-limit 100 \
     --out "$out/box" --json
 "$wesam" train --config configs/source-synth.toml --dataset "$out/data" --prompt mixed \
-    --epochs 4 --trainable all --checkpoint "$out/box/merged.safetensors" \
+    --epochs 12 --trainable all --checkpoint "$out/box/merged.safetensors" \
     --out "$out/mixed" --json
 mkdir -p models
 cp "$out/mixed/merged.safetensors" models/source-synth.safetensors

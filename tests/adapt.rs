@@ -143,3 +143,110 @@ fn adaptation_trains_every_adapter_and_resumes_bit_for_bit() {
         assert_close(&format!("resumed {k}"), &b[k], v, 0.0);
     }
 }
+
+/// A generated image of `size`² with discs `(cx, cy, r)` as its instances.
+fn disc_sample(size: u32, discs: &[(f32, f32, f32)]) -> wesam::data::Sample {
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+    let inside = |x: u32, y: u32, (cx, cy, r): (f32, f32, f32)| {
+        (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r
+    };
+    let image = RgbImage::from_fn(size, size, |x, y| {
+        match discs.iter().position(|&d| inside(x, y, d)) {
+            Some(i) => Rgb([200, 60 + 50 * i as u8, 40]),
+            None => Rgb([(x * 255 / size) as u8, 90, (y * 255 / size) as u8]),
+        }
+    });
+    let instances = discs
+        .iter()
+        .map(|&(cx, cy, r)| wesam::data::Instance {
+            mask: GrayImage::from_fn(size, size, |x, y| {
+                Luma([if inside(x, y, (cx, cy, r)) { 255 } else { 0 }])
+            }),
+            bbox: [cx - r, cy - r, cx + r + 1.0, cy + r + 1.0],
+        })
+        .collect();
+    wesam::data::Sample {
+        id: format!("{discs:?}"),
+        image_path: "<generated>".into(),
+        image,
+        instances,
+    }
+}
+
+/// A batch's gradients, which `batch_gradients` takes image by image on parallel threads, equal
+/// those of the batch's summed loss differentiated as one graph, for every adapter tensor.
+#[test]
+fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use wesam::adapt::config::AdaptConfig;
+    use wesam::adapt::step::{batch_gradients, image_loss, StepModels};
+
+    let dev = Device::Cpu;
+    let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
+    let lora = Lora::new(&sam.config, &LoraConfig::default(), 3, &dev).unwrap();
+    // B starts at zero, which would leave A without gradient.
+    for (name, v) in lora.named_vars() {
+        if name.ends_with("b_q") || name.ends_with("b_v") {
+            v.set(&(v.as_tensor().randn_like(0.0, 0.05).unwrap()))
+                .unwrap();
+        }
+    }
+    let vars: Vec<(String, Tensor)> = lora
+        .named_vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|(_, t)| t.clone()).collect();
+    let cfg = AdaptConfig::default();
+    let models = StepModels {
+        anchor: &sam,
+        model: &sam,
+        lora: Some(&lora),
+        teacher: Some(&lora),
+    };
+    let samples = vec![
+        disc_sample(64, &[(20.0, 22.0, 9.0), (44.0, 40.0, 12.0)]),
+        disc_sample(64, &[(30.0, 30.0, 14.0)]),
+        disc_sample(
+            64,
+            &[(14.0, 48.0, 8.0), (46.0, 16.0, 10.0), (40.0, 46.0, 7.0)],
+        ),
+    ];
+
+    let (got, log) = batch_gradients(
+        &cfg,
+        models,
+        &mut samples.clone(),
+        &tensors,
+        &mut StdRng::seed_from_u64(11),
+    )
+    .unwrap()
+    .unwrap();
+
+    // The same batch by hand: one seed per image, in order, and one backward of the sum.
+    let mut rng = StdRng::seed_from_u64(11);
+    let n_total: usize = samples.iter().map(|s| s.instances.len()).sum();
+    let mut total: Option<Tensor> = None;
+    for s in &samples {
+        let loss = image_loss(&cfg, models, s, n_total, rng.random())
+            .unwrap()
+            .total;
+        total = Some(match total {
+            Some(t) => (t + loss).unwrap(),
+            None => loss,
+        });
+    }
+    let total = total.unwrap();
+    let want = total.backward().unwrap();
+    let total = total.to_scalar::<f32>().unwrap() as f64;
+    assert!(
+        (log.total - total).abs() <= 1e-5 * total.abs(),
+        "logged loss {} against {total}",
+        log.total
+    );
+    for (name, t) in &vars {
+        let (g, w) = (got.get(t).unwrap(), want.get(t).unwrap());
+        assert!(common::max_abs(w) > 0.0, "{name} has no gradient");
+        assert_close(name, g, w, 1e-5 * common::max_abs(w));
+    }
+}

@@ -1,10 +1,15 @@
-//! The loss of one training step: for every image of the batch, the views, prompts and model
-//! passes of the run's objective, and its loss terms (method spec §1.3 for self-training).
+//! The loss of one training step and its gradients: for every image of the batch, the views,
+//! prompts and model passes of the run's objective, and its loss terms (method spec §1.3 for
+//! self-training); on the CPU the images of a batch run at the same time, one per core.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::OnceLock;
 
 use super::config::{AdaptConfig, LossResolution, Objective};
 use super::losses::{
@@ -43,6 +48,15 @@ pub struct StepLog {
 }
 
 impl StepLog {
+    fn merge(&mut self, other: &StepLog) {
+        self.total += other.total;
+        self.focal += other.focal;
+        self.dice += other.dice;
+        self.iou += other.iou;
+        self.anchor += other.anchor;
+        self.contrastive += other.contrastive;
+    }
+
     fn add(&mut self, loss: &ImageLoss) -> Result<()> {
         let value = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
         self.total += value(&loss.total)?;
@@ -106,14 +120,22 @@ fn ground_truth(
     Ok(t.squeeze(1)?)
 }
 
-/// The run's loss for a batch, summed over its images, and its terms; `None` when the batch
-/// has no instance. Draws the views, caps and prompts from `rng`.
-pub fn batch_loss(
+/// The gradients of the run's loss for a batch with respect to `vars`, summed over its images,
+/// and the loss terms; `None` when the batch has no instance. Draws the caps from `rng`, then,
+/// in order, one `u64` seed for each image that has instances, for [`image_loss`].
+///
+/// Each image's loss is differentiated on its own and only the gradients of `vars` are kept,
+/// so an image's graph is freed as soon as it is done. On the CPU the images run in parallel:
+/// for small models one image cannot keep every core busy, and a batch spread over the cores
+/// trains several times faster; the sum is taken in image order, so the result does not depend
+/// on the scheduling.
+pub fn batch_gradients(
     cfg: &AdaptConfig,
     models: StepModels,
     samples: &mut [Sample],
+    vars: &[Tensor],
     rng: &mut StdRng,
-) -> Result<Option<(Tensor, StepLog)>> {
+) -> Result<Option<(GradStore, StepLog)>> {
     for sample in samples.iter_mut() {
         cap_instances(sample, cfg.train.max_instances, rng);
     }
@@ -121,20 +143,99 @@ pub fn batch_loss(
     if n_total == 0 {
         return Ok(None);
     }
-    let mut total: Option<Tensor> = None;
-    let mut log = StepLog::default();
-    for sample in samples.iter().filter(|x| !x.instances.is_empty()) {
-        let loss = match cfg.objective {
-            Objective::SelfTraining => self_training_loss(cfg, models, sample, n_total, rng)?,
-            Objective::Supervised => supervised_loss(cfg, models, sample, n_total, rng)?,
-        };
+    let work: Vec<(&Sample, u64)> = samples
+        .iter()
+        .filter(|x| !x.instances.is_empty())
+        .map(|x| (x, rng.random()))
+        .collect();
+    let one = |&(sample, seed): &(&Sample, u64)| -> Result<(GradStore, StepLog)> {
+        let loss = image_loss(cfg, models, sample, n_total, seed)?;
+        let mut log = StepLog::default();
         log.add(&loss)?;
-        total = Some(match total {
-            Some(t) => (t + loss.total)?,
-            None => loss.total,
-        });
+        let all = loss.total.backward()?;
+        let mut kept = GradStore::default();
+        for v in vars {
+            if let Some(g) = all.get(v) {
+                kept.insert(v, g.clone());
+            }
+        }
+        Ok((kept, log))
+    };
+    let per_image: Vec<(GradStore, StepLog)> = if models.model.device.is_cpu() && work.len() > 1 {
+        on_single_threaded_pools(&work, one)?
+    } else {
+        work.iter().map(one).collect::<Result<_>>()?
+    };
+    let mut grads = GradStore::default();
+    let mut log = StepLog::default();
+    for (g, l) in per_image {
+        grads.extend(g)?;
+        log.merge(&l);
     }
-    Ok(total.map(|t| (t, log)))
+    Ok(Some((grads, log)))
+}
+
+/// One image's loss under the run's objective, normalised by the batch's `n_total` instances,
+/// with its views and prompts drawn from `seed`.
+pub fn image_loss(
+    cfg: &AdaptConfig,
+    models: StepModels,
+    sample: &Sample,
+    n_total: usize,
+    seed: u64,
+) -> Result<ImageLoss> {
+    let rng = &mut StdRng::seed_from_u64(seed);
+    match cfg.objective {
+        Objective::SelfTraining => self_training_loss(cfg, models, sample, n_total, rng),
+        Objective::Supervised => supervised_loss(cfg, models, sample, n_total, rng),
+    }
+}
+
+/// One single-threaded rayon pool per core, made once: candle's CPU kernels split every
+/// operation over the current pool, which for a small model costs more in waiting than it
+/// gains, so each image of a batch runs on its own core with serial kernels.
+fn single_threaded_pools() -> &'static [ThreadPool] {
+    static POOLS: OnceLock<Vec<ThreadPool>> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        (0..rayon::current_num_threads())
+            .filter_map(|_| ThreadPoolBuilder::new().num_threads(1).build().ok())
+            .collect()
+    })
+}
+
+/// `f` over `items`, item `i` on pool `i mod pools`, results in item order.
+fn on_single_threaded_pools<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let pools = single_threaded_pools();
+    if pools.len() < 2 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    let lanes = std::thread::scope(|scope| {
+        let handles: Vec<_> = pools
+            .iter()
+            .enumerate()
+            .map(|(lane, pool)| {
+                scope.spawn(move || {
+                    pool.install(|| {
+                        (lane..items.len())
+                            .step_by(pools.len())
+                            .map(|i| (i, f(&items[i])))
+                            .collect::<Vec<_>>()
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("a training thread panicked")))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut results: Vec<(usize, Result<R>)> = lanes.into_iter().flatten().collect();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// One view's model input and frame, and the prompts of its instances.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{AdaptConfig, Trainable};
 use super::optim::Adam;
-use super::step::{batch_loss, StepModels};
+use super::step::{batch_gradients, StepModels};
 use crate::data::loader::load_parallel;
 use crate::data::{Dataset, Record, Split};
 use crate::eval::{evaluate, EvalConfig, EvalReport};
@@ -471,6 +471,11 @@ pub fn adapt(
         }
     };
 
+    let var_tensors: Vec<Tensor> = trained
+        .vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect();
     let batch = cfg.train.batch_size.max(1);
     let steps_per_epoch = s.train.len().div_ceil(batch);
     let mut steps_this_invocation = 0;
@@ -497,9 +502,8 @@ pub fn adapt(
             // The EMA teacher is not trained: it runs on detached views of its weights.
             let ema_view = trained.ema.as_ref().map(Lora::frozen);
             let models = trained.step_models(sam, ema_view.as_ref());
-            match batch_loss(cfg, models, &mut samples, &mut rng)? {
-                Some((loss, log)) if log.total.is_finite() => {
-                    let grads = loss.backward()?;
+            match batch_gradients(cfg, models, &mut samples, &var_tensors, &mut rng)? {
+                Some((grads, log)) if log.total.is_finite() => {
                     opt.set_learning_rate(lr);
                     opt.step(&grads)?;
                     if let (Some(e), Some(l), Some(m)) =

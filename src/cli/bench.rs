@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::adapt::config::AdaptConfig;
 use crate::adapt::optim::Adam;
-use crate::adapt::step::{batch_loss, StepModels};
+use crate::adapt::step::{batch_gradients, StepModels};
 use crate::data::{Instance, Sample};
 use crate::device::DeviceKind;
 use crate::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
@@ -133,6 +133,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let lora = Lora::new(&config, &LoraConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (1, 3, a.image_size, a.image_size), &dev)?;
     let cfg = AdaptConfig::default();
+    let lora_vars: Vec<Tensor> = lora
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect();
     let mut opt = Adam::new_named(lora.named_vars(), cfg.train.adam())?;
     opt.set_learning_rate(cfg.train.lr);
     let sample = disc_sample(a.image_size, a.instances);
@@ -148,9 +153,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 };
                 let mut rng = StdRng::seed_from_u64(step);
                 step += 1;
-                let (loss, _) = batch_loss(&cfg, models, &mut [sample.clone()], &mut rng)?
-                    .context("the step's image has no instance")?;
-                opt.step(&loss.backward()?)?;
+                let (grads, _) =
+                    batch_gradients(&cfg, models, &mut [sample.clone()], &lora_vars, &mut rng)?
+                        .context("the step's image has no instance")?;
+                opt.step(&grads)?;
             }
             Pass::Forward => {
                 sam.encode(&x, None)?
