@@ -57,6 +57,8 @@ pub struct AdaptArgs {
     profile: Option<Profile>,
     #[arg(long)]
     epochs: Option<usize>,
+    /// Images per optimiser step (default 1, as the reference); on the CPU they are
+    /// differentiated at the same time, one per core.
     #[arg(long)]
     batch_size: Option<usize>,
     #[arg(long)]
