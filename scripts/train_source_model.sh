@@ -6,7 +6,7 @@
 #      250-step warm-up);
 #   2. mixed prompts (a box or 5 + 5 points per image, so that the model serves both), 12 epochs
 #      with the decaying schedule of configs/source-synth.toml.
-# About 35 minutes on 2 CPU cores.
+# 48 minutes on 2 CPU cores (measured with a test build running beside it for 15 of them).
 #   bash scripts/train_source_model.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
