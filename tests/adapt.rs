@@ -144,29 +144,20 @@ fn adaptation_trains_every_adapter_and_resumes_bit_for_bit() {
     }
 }
 
-/// A generated image of `size`² with discs `(cx, cy, r)` as its instances.
-fn disc_sample(size: u32, discs: &[(f32, f32, f32)]) -> wesam::data::Sample {
-    use image::{GrayImage, Luma, Rgb, RgbImage};
-    let inside = |x: u32, y: u32, (cx, cy, r): (f32, f32, f32)| {
-        (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r
-    };
-    let image = RgbImage::from_fn(size, size, |x, y| {
-        match discs.iter().position(|&d| inside(x, y, d)) {
-            Some(i) => Rgb([200, 60 + 50 * i as u8, 40]),
-            None => Rgb([(x * 255 / size) as u8, 90, (y * 255 / size) as u8]),
-        }
-    });
-    let instances = discs
-        .iter()
-        .map(|&(cx, cy, r)| wesam::data::Instance {
-            mask: GrayImage::from_fn(size, size, |x, y| {
-                Luma([if inside(x, y, (cx, cy, r)) { 255 } else { 0 }])
-            }),
-            bbox: [cx - r, cy - r, cx + r + 1.0, cy + r + 1.0],
+/// Image `index` of the generated source domain (seed 5) at 64², with its instances.
+fn synth_sample(index: u64) -> wesam::data::Sample {
+    use wesam::data::mask::{bounding_box, instances_by_value};
+    use wesam::data::synth::{render, Domain};
+    let (image, labels) = render(Domain::Source, 5, index, 64).unwrap();
+    let instances = instances_by_value(&labels)
+        .into_iter()
+        .filter_map(|mask| {
+            let bbox = bounding_box(&mask)?;
+            Some(wesam::data::Instance { mask, bbox })
         })
         .collect();
     wesam::data::Sample {
-        id: format!("{discs:?}"),
+        id: index.to_string(),
         image_path: "<generated>".into(),
         image,
         instances,
@@ -204,14 +195,8 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
         lora: Some(&lora),
         teacher: Some(&lora),
     };
-    let samples = vec![
-        disc_sample(64, &[(20.0, 22.0, 9.0), (44.0, 40.0, 12.0)]),
-        disc_sample(64, &[(30.0, 30.0, 14.0)]),
-        disc_sample(
-            64,
-            &[(14.0, 48.0, 8.0), (46.0, 16.0, 10.0), (40.0, 46.0, 7.0)],
-        ),
-    ];
+    let samples: Vec<_> = (0..3).map(synth_sample).collect();
+    assert!(samples.iter().all(|s| !s.instances.is_empty()));
 
     let (got, log) = batch_gradients(
         &cfg,
