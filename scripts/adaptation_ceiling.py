@@ -15,13 +15,14 @@ direct mIoU and every run's mIoU on the domain's test split.
 
 Usage: cargo build --release && python3 scripts/adaptation_ceiling.py [--out DIR]
 """
+import argparse
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from domain_shift import tuning_setup, wesam, write_tables  # noqa: E402
+from domain_shift import ROOT, prepare_out, wesam, write_tables  # noqa: E402
 
 DOMAINS = {"camouflage": 51, "fog": 52, "low-contrast": 53}
 WEIGHTS = {
@@ -32,8 +33,24 @@ WEIGHTS = {
 OBJECTIVES = {"supervised": "train", "wesam": "adapt"}
 
 
+def setup():
+    """Parses the command line, prepares --out and checks the binary. Returns the arguments,
+    the log directory and the synthetic suite's configuration file."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-out", "adaptation-ceiling"))
+    ap.add_argument("--wesam", default=os.path.join(ROOT, "target", "release", "wesam"))
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "source-synth.safetensors"))
+    ap.add_argument("--count", type=int, default=200, help="images per tuning domain")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
+    a = ap.parse_args()
+    log = prepare_out(a.out)
+    if not os.path.exists(a.wesam):
+        sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
+    return a, log, os.path.join(ROOT, "configs", "synth.toml")
+
+
 def main():
-    a, log, config = tuning_setup(__doc__, "adaptation-ceiling")
+    a, log, config = setup()
 
     start = time.time()
     for domain, seed in DOMAINS.items():

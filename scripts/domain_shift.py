@@ -11,8 +11,9 @@ For every target domain and prompt kind it runs, with the `wesam` binary only:
   source       the source domain's test mIoU of the fully adapted model (forgetting?)
 and writes `table.md` and `table.csv` to --out. Model selection never looks at a test split: each
 run keeps its last epoch, and the configuration (configs/synth.toml: the learning rate chosen by
-scripts/tune_synth_lr.py among 1e-4 to 1e-2, rank 4 against 16) was chosen on tuning domains of
-other seeds (camouflage 51, fog 52, source 98) than the suite's (99 and up).
+scripts/tune_lr.py among 1e-4 to 1e-2, rank 4 against 16) was chosen on tuning domains of
+other seeds (camouflage 51, fog 52, source 98) than the suite's (99 and up); that of
+configs/kvasir-cvc.toml on CVC's adaptation split, never its test split.
 
 Suites:
   synthetic   (default) the bundled source model (models/source-synth.safetensors) on the
@@ -42,13 +43,14 @@ COMMANDS = itertools.count()  # numbers the commands' log files
 ABLATIONS = {"st": ["--without", "anchor,contrastive"], "st+anchor": ["--without", "contrastive"], "full": []}
 
 
-def wesam(binary, args, log):
-    """Runs one wesam command with --json on one thread (the suite runs one command per core:
-    the small model's operations are too small to share out); returns its JSON object. Its
+def wesam(binary, args, log, threads=1):
+    """Runs one wesam command with --json on `threads` threads (the suite runs one command per
+    core: the small model's operations are too small to share out; a command that runs alone,
+    like the Kvasir source model's training, gets every core); returns its JSON object. Its
     standard error goes to a log file of its own, named after its run."""
     t = time.time()
     err_path = os.path.join(log, f"{next(COMMANDS):03d}-{args[0]}.log")
-    env = dict(os.environ, RAYON_NUM_THREADS="1")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     with open(err_path, "w") as err:
         err.write("$ wesam " + " ".join(args) + "\n")
         err.flush()
@@ -59,10 +61,12 @@ def wesam(binary, args, log):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def evaluate(binary, log, checkpoint, dataset, prompt, data_root=None, image_size=None):
+def evaluate(binary, log, checkpoint, dataset, prompt, data_root=None, image_size=None, split=None):
     args = ["eval", "--checkpoint", checkpoint, "--dataset", dataset, "--prompt", prompt, "--json"]
     if data_root:
         args += ["--data-root", data_root]
+    if split:
+        args += ["--split", split]
     if image_size:
         args += ["--image-size", str(image_size)]
     return wesam(binary, args, log)["miou"]
@@ -88,31 +92,15 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra):
 
 
 def prepare_out(out):
-    """Makes `out` and its `logs/`, and removes the `runs/` of an earlier invocation (a run
-    directory that already holds a run would make `wesam` refuse to start). The previous tables
-    stay until the new ones replace them. Returns the log directory."""
-    shutil.rmtree(os.path.join(out, "runs"), ignore_errors=True)
+    """Makes `out` and its `logs/`, and removes the `runs/` and `logs/` of an earlier invocation
+    (a run directory that already holds a run would make `wesam` refuse to start, and an old
+    log would pass for this run's). The previous tables stay until the new ones replace them.
+    Returns the log directory."""
     log = os.path.join(out, "logs")
-    os.makedirs(log, exist_ok=True)
+    for old in (os.path.join(out, "runs"), log):
+        shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(log)
     return log
-
-
-def tuning_setup(doc, out_name):
-    """The command line of the scripts that work on tuning domains (tune_synth_lr.py,
-    adaptation_ceiling.py): parses it with `doc`'s first paragraph as description, prepares
-    --out (default bench-out/OUT_NAME) and checks the binary. Returns the arguments, the log
-    directory and the suite's configuration file."""
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench-out", out_name))
-    ap.add_argument("--wesam", default=os.path.join(ROOT, "target", "release", "wesam"))
-    ap.add_argument("--model", default=os.path.join(ROOT, "models", "source-synth.safetensors"))
-    ap.add_argument("--count", type=int, default=200, help="images per tuning domain")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
-    a = ap.parse_args()
-    log = prepare_out(a.out)
-    if not os.path.exists(a.wesam):
-        sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
-    return a, log, os.path.join(ROOT, "configs", "synth.toml")
 
 
 def write_tables(out, fields, rows, lines):
@@ -152,20 +140,46 @@ def synthetic_suite(a, binary, log):
     return model, source, cells, config, []
 
 
+def train_kvasir_source(a, binary, log, kvasir):
+    """The small SAM trained from scratch on Kvasir-SEG's training split with the bundled
+    synthetic model's recipe (scripts/train_source_model.sh): box prompts at a constant rate,
+    then mixed prompts with the decaying schedule of configs/source-kvasir.toml; batches of 2
+    images, one per core. Returns the merged checkpoint."""
+    runs = os.path.join(a.out, "runs")
+    data = ["--dataset", "kvasir", "--data-root", kvasir]
+    wesam(binary, ["train", *data, "--prompt", "box", "--epochs", str(a.source_box_epochs),
+                   "--init", "random", "--model-config", os.path.join(ROOT, "configs", "sam-tiny.toml"),
+                   "--trainable", "all", "--batch-size", "2", "--optimizer", "adamw", "--lr", "2e-3",
+                   "--weight-decay", "0.01", "--loss-resolution", "low",
+                   "--out", os.path.join(runs, "kvasir-source-box"), "--json"], log, threads=os.cpu_count())
+    wesam(binary, ["train", "--config", os.path.join(ROOT, "configs", "source-kvasir.toml"), *data,
+                   "--prompt", "mixed", "--epochs", str(a.source_mixed_epochs), "--trainable", "all",
+                   "--checkpoint", os.path.join(runs, "kvasir-source-box", "merged.safetensors"),
+                   "--out", os.path.join(runs, "kvasir-source"), "--json"], log, threads=os.cpu_count())
+    return os.path.join(runs, "kvasir-source", "merged.safetensors")
+
+
+def add_kvasir_args(ap):
+    """The command-line options of the Kvasir-SEG data and source model."""
+    ap.add_argument("--data-root", help="kvasir-cvc: folder holding Kvasir-SEG/ and CVC-ClinicDB-256/")
+    ap.add_argument("--source-box-epochs", type=int, default=18,
+                    help="kvasir-cvc: the source model's epochs with box prompts")
+    ap.add_argument("--source-mixed-epochs", type=int, default=12,
+                    help="kvasir-cvc: its epochs with mixed prompts (configs/source-kvasir.toml's decay)")
+
+
+def kvasir_paths(data_root):
+    """Kvasir-SEG's and CVC-ClinicDB's folders under `data_root` (default ../shared/data)."""
+    root = data_root or os.path.join(ROOT, "..", "shared", "data")
+    return os.path.join(root, "Kvasir-SEG"), os.path.join(root, "CVC-ClinicDB-256")
+
+
 def kvasir_cvc_suite(a, binary, log):
-    root = a.data_root or os.path.join(ROOT, "..", "shared", "data")
-    kvasir = os.path.join(root, "Kvasir-SEG")
-    cvc = os.path.join(root, "CVC-ClinicDB-256")
+    kvasir, cvc = kvasir_paths(a.data_root)
     config = os.path.join(ROOT, "configs", "kvasir-cvc.toml")
     model = a.model
     if not model:
-        run_dir = os.path.join(a.out, "runs", "kvasir-source")
-        wesam(binary, ["train", "--dataset", "kvasir", "--data-root", kvasir, "--prompt", "mixed",
-                       "--init", "random", "--model-config", os.path.join(ROOT, "configs", "sam-tiny.toml"),
-                       "--trainable", "all", "--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.01",
-                       "--loss-resolution", "low", "--epochs", str(a.source_epochs), "--out", run_dir,
-                       "--json"], log)
-        model = os.path.join(run_dir, "merged.safetensors")
+        model = train_kvasir_source(a, binary, log, kvasir)
     source = {"dataset": "kvasir", "data_root": kvasir}
     # CVC's published copy has no official split: the folder layout's 5:1 interleave.
     cells = [("cvc-clinicdb", {"dataset": cvc, "args": ["--dataset", cvc]})]
@@ -182,9 +196,8 @@ def main():
     ap.add_argument("--domains", default=",".join(SYNTH_DOMAINS), help="synthetic target domains")
     ap.add_argument("--count", type=int, default=200, help="images per synthetic domain")
     ap.add_argument("--model", help="source model (default: bundled, or trained for kvasir-cvc)")
-    ap.add_argument("--data-root", help="folder holding Kvasir-SEG/ and CVC-ClinicDB-256/")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
-    ap.add_argument("--source-epochs", type=int, default=12, help="kvasir-cvc: epochs of the source model")
+    add_kvasir_args(ap)
     a = ap.parse_args()
     a.domains = a.domains.split(",")
     a.out = a.out or os.path.join(ROOT, "bench-out", a.suite)

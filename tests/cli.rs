@@ -30,7 +30,8 @@ fn built_in_demo_runs_and_writes_its_outputs() {
 }
 
 /// `wesam adapt` without a dataset: the bundled source model adapted to a generated shifted
-/// domain (shortened here with the ordinary flags), its inputs and outputs in the run directory.
+/// domain (shortened here with the ordinary flags, scored on the adaptation split as
+/// `--eval-split train` asks), its inputs and outputs in the run directory.
 #[test]
 fn adapt_without_a_dataset_runs_the_built_in_demo() {
     let out = tmp("adapt-demo");
@@ -43,6 +44,8 @@ fn adapt_without_a_dataset_runs_the_built_in_demo() {
         "4",
         "--eval-limit",
         "4",
+        "--eval-split",
+        "train",
         "--json",
         "--out",
         out.to_str().unwrap(),
@@ -56,6 +59,7 @@ fn adapt_without_a_dataset_runs_the_built_in_demo() {
     );
     let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(config.contains("source-model.safetensors") && config.contains("prompt = \"box\""));
+    assert!(config.contains("eval_split = \"train\""), "{config}");
     for f in [
         "data/synth.json",
         "source-model.safetensors",

@@ -13,6 +13,7 @@ use crate::adapt::config::{
 };
 use crate::adapt::train::{adapt, Interrupted, RunControl, RunDir};
 use crate::data::prompts::PromptKind;
+use crate::data::Split;
 use crate::device::DeviceKind;
 use crate::model::{ModelType, Sam, SamConfig};
 use crate::profile::Profile;
@@ -96,6 +97,9 @@ pub struct AdaptArgs {
     /// Evaluate on at most N images.
     #[arg(long)]
     eval_limit: Option<usize>,
+    /// The split scored before and after training (default: test).
+    #[arg(long, value_enum)]
+    eval_split: Option<Split>,
     #[arg(long)]
     checkpoint_every: Option<usize>,
     /// Run directory (default: runs/<dataset>-<prompt>-<UTC time>).
@@ -176,7 +180,7 @@ fn resolve(
         lora_rank => model.lora.rank, lora_scale => model.lora.scale, lora_blocks => model.lora.blocks,
         loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,
         val_fraction => data.options.val_fraction, train_limit => data.train_limit,
-        eval_limit => data.eval_limit, checkpoint_every => train.checkpoint_every,
+        eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity,
     );
     if let Some(names) = &a.train_names {
