@@ -101,8 +101,8 @@ def main():
             direct, adapted, after = results[(name, prompt, lr)]
             row[f"{label} gain"] = adapted - direct
             row[f"source after {label}"] = after
-            row.setdefault("keeps source", True)
-            row["keeps source"] &= after >= before[prompt] - 1.0
+        row["keeps source"] = all(row[f"source after {label}"] >= before[prompt] - 1.0
+                                  for label, (_, prompt, _) in zip(labels, cells))
         row["mean gain"] = statistics.mean(row[f"{label} gain"] for label in labels)
         rows.append(row)
     kept = [r for r in rows if r["keeps source"]]
