@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 
-use super::ops::{biased_softmax_in_place, softmax_with_rel_pos};
+use super::ops::{biased_softmax_in_place, softmax_with_rel_pos, sum_dim};
 
 /// Floats per tile of scores: bounds the working memory of the CPU kernel (32 MB).
 const TILE_FLOATS: usize = 8 << 20;
@@ -205,7 +205,7 @@ impl CustomOp3 for RelPosAttention {
             dk = (dk + (ds.t()?.matmul(&q.narrow(1, start, len)?)? * self.scale())?)?;
             let grid = ds.reshape((bh, len, h, w))?;
             d_rel_h.push(grid.sum(3)?);
-            d_rel_w.push(grid.sum(2)?);
+            d_rel_w.push(sum_dim(&grid, 2)?);
         }
         let d_rel_h = Tensor::cat(&d_rel_h, 1)?.reshape((bh, h, w, h))?; // [bh, qh, qw, kh]
         let d_rel_w = Tensor::cat(&d_rel_w, 1)?.reshape((bh, h, w, w))?; // [bh, qh, qw, kw]

@@ -58,7 +58,7 @@ impl Upsample2x {
 impl Module for Upsample2x {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.conv_transpose2d(&self.weight, 0, 0, 2, 1)?;
-        y.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+        ops::add_bias(&y, &self.bias, 1)
     }
 }
 
