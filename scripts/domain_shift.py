@@ -149,7 +149,7 @@ def train_kvasir_source(a, binary, log, kvasir):
     data = ["--dataset", "kvasir", "--data-root", kvasir]
     wesam(binary, ["train", *data, "--prompt", "box", "--epochs", str(a.source_box_epochs),
                    "--init", "random", "--model-config", os.path.join(ROOT, "configs", "sam-tiny.toml"),
-                   "--trainable", "all", "--batch-size", "2", "--optimizer", "adamw", "--lr", "2e-3",
+                   "--trainable", "all", "--batch-size", "2", "--optimizer", "adamw", "--lr", "1e-3",
                    "--weight-decay", "0.01", "--loss-resolution", "low",
                    "--out", os.path.join(runs, "kvasir-source-box"), "--json"], log, threads=os.cpu_count())
     wesam(binary, ["train", "--config", os.path.join(ROOT, "configs", "source-kvasir.toml"), *data,
@@ -162,9 +162,9 @@ def train_kvasir_source(a, binary, log, kvasir):
 def add_kvasir_args(ap):
     """The command-line options of the Kvasir-SEG data and source model."""
     ap.add_argument("--data-root", help="kvasir-cvc: folder holding Kvasir-SEG/ and CVC-ClinicDB-256/")
-    ap.add_argument("--source-box-epochs", type=int, default=18,
+    ap.add_argument("--source-box-epochs", type=int, default=20,
                     help="kvasir-cvc: the source model's epochs with box prompts")
-    ap.add_argument("--source-mixed-epochs", type=int, default=12,
+    ap.add_argument("--source-mixed-epochs", type=int, default=16,
                     help="kvasir-cvc: its epochs with mixed prompts (configs/source-kvasir.toml's decay)")
 
 

@@ -18,8 +18,11 @@ pub const SOURCE_MODEL: &[u8] = include_bytes!("../models/source-synth.safetenso
 /// The configuration of the synthetic suite (`configs/synth.toml`), which the demo follows.
 const SYNTH_CONFIG: &str = include_str!("../configs/synth.toml");
 
-/// The demo's target domain: the source objects filled with their background's texture.
-pub const DOMAIN: Domain = Domain::Camouflage;
+/// The demo's target domain: the source scenes under fog, the benchmark's shift where the method
+/// gains most (it costs the bundled model about 30 mIoU with boxes). The hardest domain,
+/// camouflage, leaves the model nearly blind (about 9 mIoU), and there the anchor holds the
+/// full method back (README, "Domain-shift benchmark").
+pub const DOMAIN: Domain = Domain::Fog;
 
 /// Images generated for the demo (70% adapted on, 20% evaluated).
 const COUNT: usize = 200;
