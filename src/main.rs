@@ -44,8 +44,8 @@ fn serial_elementwise_kernels() {
 ///
 /// Without it candle looks up the physical core count at every matrix product, by reading and
 /// parsing `/proc/cpuinfo`: about 5 % of the small model's training time in a perf profile on 2
-/// cores. (Where cores
-/// have two hardware threads each, candle's products are then split across both.)
+/// cores. (Where cores have two hardware threads each, candle's products are then split across
+/// both.)
 fn fixed_matmul_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         if let Ok(n) = std::thread::available_parallelism() {
