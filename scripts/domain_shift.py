@@ -10,10 +10,10 @@ For every target domain and prompt kind it runs, with the `wesam` binary only:
   supervised   `wesam train` on the target's ground truth, same LoRA and schedule (upper bound)
   source       the source domain's test mIoU of the fully adapted model (forgetting?)
 and writes `table.md` and `table.csv` to --out. Model selection never looks at a test split: each
-run keeps its last epoch, and the configuration (configs/synth.toml: the learning rate chosen by
-scripts/tune_lr.py among 1e-4 to 1e-2, rank 4 against 16) was chosen on tuning domains of
-other seeds (camouflage 51, fog 52, source 98) than the suite's (99 and up); that of
-configs/kvasir-cvc.toml on CVC's adaptation split, never its test split.
+run keeps its last epoch, and the configuration (configs/synth.toml: the learning rate among
+1e-4 to 1e-2 and the anchor weighting chosen by scripts/tune.py, rank 4 against 16) was chosen
+on tuning domains of other seeds (camouflage 51, fog 52, source 98) than the suite's (99 and
+up); that of configs/kvasir-cvc.toml on CVC's adaptation split, never its test split.
 
 Suites:
   synthetic   (default) the bundled source model (models/source-synth.safetensors) on the

@@ -13,7 +13,7 @@ use candle_nn::Optimizer;
 use common::{max_abs, max_abs_diff};
 use wesam::adapt::losses::{
     anchor, bce, contrastive, dice, focal, iou_mse, iou_targets, predicted_mask, pseudo_label,
-    wesam_image_loss, LossConfig, StudentOutputs, Term, WeakOutputs,
+    weighted_dice, wesam_image_loss, LossConfig, StudentOutputs, Term, WeakOutputs,
 };
 use wesam::adapt::optim::{Adam, AdamConfig, LrSchedule};
 use wesam::profile::Profile;
@@ -69,7 +69,7 @@ fn each_loss_matches_torch() {
         ("dice smooth N", dice(s, &t_bin, n), "loss.dice_smooth_n"),
         (
             "anchor",
-            anchor(s, &fx["in.teacher_masks"], &a_bin),
+            anchor(s, &fx["in.teacher_masks"], &a_bin, None),
             "loss.anchor",
         ),
         (
@@ -159,7 +159,15 @@ fn image_loss(
         low_res: &fx["in.anchor_low"],
         embeddings: &fx["in.anchor_emb"],
     };
-    let loss = wesam_image_loss(config, profile, &student, &teacher, &anchor_out, N_TOTAL);
+    let loss = wesam_image_loss(
+        config,
+        profile,
+        &student,
+        &teacher,
+        &anchor_out,
+        None,
+        N_TOTAL,
+    );
     (loss.unwrap(), vars)
 }
 
@@ -328,15 +336,82 @@ fn image_without_instances_or_with_more_than_the_batch_is_an_error() {
         low_res: &fx["in.teacher_low"],
         embeddings: &fx["in.teacher_emb"],
     };
-    let loss = wesam_image_loss(&config, Profile::Sam, &student, &weak, &weak, 2);
+    let loss = wesam_image_loss(&config, Profile::Sam, &student, &weak, &weak, None, 2);
     assert!(loss.is_err());
     let none = m.narrow(0, 0, 0).unwrap();
     let student = StudentOutputs {
         masks: &none,
         ..student
     };
-    let loss = wesam_image_loss(&config, Profile::Sam, &student, &weak, &weak, N_TOTAL);
+    let loss = wesam_image_loss(&config, Profile::Sam, &student, &weak, &weak, None, N_TOTAL);
     assert!(loss.is_err());
+}
+
+/// The weighted dice of the anchor weighting reduces to the PyTorch-checked dice: all weights 1
+/// give it exactly, weights (1, 0, 0) give the first instance's dice alone, in value and in
+/// gradient (none reaches the instances of weight 0), and all weights 0 give 0. The weighted
+/// anchor term is scaled by the mean weight.
+#[test]
+fn weighted_dice_counts_each_instance_by_its_weight() {
+    let fx = fixture();
+    let logits = Var::from_tensor(&fx["in.student_masks"]).unwrap();
+    let target = pseudo_label(&fx["in.anchor_masks"]).unwrap();
+    let n = logits.dim(0).unwrap();
+    let weights = |w: &[f32]| Tensor::new(w, &Device::Cpu).unwrap();
+    let value_and_grad = |loss: Tensor| {
+        let g = loss
+            .backward()
+            .unwrap()
+            .get(logits.as_tensor())
+            .unwrap()
+            .clone();
+        (loss, g)
+    };
+
+    let (plain, plain_g) = value_and_grad(dice(logits.as_tensor(), &target, 1.0).unwrap());
+    let ones = weights(&vec![1.0; n]);
+    let (w, w_g) =
+        value_and_grad(weighted_dice(logits.as_tensor(), &target, Some(&ones), 1.0).unwrap());
+    assert_rel("weights 1: value", &w, &plain, VALUE_REL);
+    assert_rel("weights 1: gradient", &w_g, &plain_g, GRAD_REL);
+
+    let first = logits.as_tensor().narrow(0, 0, 1).unwrap();
+    let (alone, alone_g) =
+        value_and_grad(dice(&first, &target.narrow(0, 0, 1).unwrap(), 1.0).unwrap());
+    let mut one_hot = vec![0.0; n];
+    one_hot[0] = 1.0;
+    let (w, w_g) = value_and_grad(
+        weighted_dice(logits.as_tensor(), &target, Some(&weights(&one_hot)), 1.0).unwrap(),
+    );
+    assert_rel("weights (1, 0, 0): value", &w, &alone, VALUE_REL);
+    assert_rel(
+        "weights (1, 0, 0): gradient of the first",
+        &w_g.narrow(0, 0, 1).unwrap(),
+        &alone_g.narrow(0, 0, 1).unwrap(),
+        GRAD_REL,
+    );
+    assert_eq!(max_abs(&w_g.narrow(0, 1, n - 1).unwrap()), 0.0);
+
+    let zeros = weights(&vec![0.0; n]);
+    let w = weighted_dice(logits.as_tensor(), &target, Some(&zeros), 1.0).unwrap();
+    assert_eq!(scalar(&w), 0.0);
+
+    // The anchor term is also scaled by the mean weight: a ratio alone would hardly change when
+    // every instance is trusted half as much. With every weight c the dice's sums shrink by c
+    // and its smoothing does not, so the term is c times the plain anchor term at smoothing
+    // 1/c.
+    let teacher = &fx["in.teacher_masks"];
+    let halves = weights(&vec![0.5; n]);
+    let half = anchor(logits.as_tensor(), teacher, &target, Some(&halves)).unwrap();
+    let want = ((dice(logits.as_tensor(), &target, 2.0).unwrap()
+        + dice(teacher, &target, 2.0).unwrap())
+    .unwrap()
+        * 0.25)
+        .unwrap();
+    assert_rel("anchor at weight 1/2", &half, &want, VALUE_REL);
+    let all = anchor(logits.as_tensor(), teacher, &target, Some(&ones)).unwrap();
+    let uniform = anchor(logits.as_tensor(), teacher, &target, None).unwrap();
+    assert_rel("anchor at weight 1", &all, &uniform, VALUE_REL);
 }
 
 #[test]

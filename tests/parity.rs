@@ -195,6 +195,7 @@ fn wesam_step_loss_and_lora_gradients_match_official() {
             low_res: &low_a,
             embeddings: &e_a,
         },
+        None,
         2,
     )
     .unwrap();

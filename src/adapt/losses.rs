@@ -86,9 +86,31 @@ pub fn focal(logits: &Tensor, target: &Tensor, alpha: f64, gamma: f64) -> Result
 /// Dice loss `1 - (2 Σ p t + s) / (Σ p + Σ t + s)` over all elements of one image's instances,
 /// `p = sigmoid(logits)` (§2.2): the self-training and the anchor terms both use it.
 pub fn dice(logits: &Tensor, target: &Tensor, smooth: f64) -> Result<Tensor> {
+    weighted_dice(logits, target, None, smooth)
+}
+
+/// [`dice`] with every pixel of instance `k` counted `weights[k]` times in the three sums
+/// (`weights` `[n]` for logits `[n, H, W]`, no gradient): instances of weight 0 drop out, and
+/// with every weight 0 the loss is 0. `None` is the plain dice loss.
+pub fn weighted_dice(
+    logits: &Tensor,
+    target: &Tensor,
+    weights: Option<&Tensor>,
+    smooth: f64,
+) -> Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?;
-    let t = target.detach();
-    let inter = sum_all(&(&p * &t)?)?;
+    let target = target.detach();
+    let (p, t) = match weights {
+        None => (p, target.clone()),
+        Some(w) => {
+            let shape: Vec<usize> = (0..logits.rank())
+                .map(|d| if d == 0 { w.elem_count() } else { 1 })
+                .collect();
+            let w = w.detach().reshape(shape)?;
+            (p.broadcast_mul(&w)?, target.broadcast_mul(&w)?)
+        }
+    };
+    let inter = sum_all(&(&p * &target)?)?;
     let sums = (sum_all(&p)? + sum_all(&t)?)?;
     let ratio = (((inter * 2.0)? + smooth)? / (sums + smooth)?)?;
     1.0 - ratio
@@ -151,14 +173,24 @@ pub fn iou_mse(pred_iou: &Tensor, iou_targets: &Tensor, n_total: usize) -> Resul
 
 /// Anchor loss `0.5 Dice(student, A; 1) + 0.5 Dice(teacher, A; 1)` (§2.4): it pulls both views
 /// towards the frozen anchor's pseudo-label `A`, with gradient through both logits.
+///
+/// `weights` `[n]` in [0, 1] say how far each instance's `A` is trusted: within the image each
+/// instance's pixels count that many times ([`weighted_dice`]), and the image's term is scaled
+/// by their mean (a dice ratio alone hardly changes when every instance is distrusted alike).
+/// `None` is the reference's uniform weight 1.
 pub fn anchor(
     student_logits: &Tensor,
     teacher_logits: &Tensor,
     anchor_binary: &Tensor,
+    weights: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let s = dice(student_logits, anchor_binary, ANCHOR_DICE_SMOOTH)?;
-    let t = dice(teacher_logits, anchor_binary, ANCHOR_DICE_SMOOTH)?;
-    (s + t)? * 0.5
+    let s = weighted_dice(student_logits, anchor_binary, weights, ANCHOR_DICE_SMOOTH)?;
+    let t = weighted_dice(teacher_logits, anchor_binary, weights, ANCHOR_DICE_SMOOTH)?;
+    let term = ((s + t)? * 0.5)?;
+    match weights {
+        None => Ok(term),
+        Some(w) => term * w.detach().mean_all()?,
+    }
 }
 
 /// Contrastive regularisation between the teacher's and the anchor's instance features (§2.5):
@@ -239,6 +271,19 @@ impl Term {
     }
 }
 
+/// How the anchor term weighs each instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnchorWeighting {
+    /// Every instance counts once (the reference).
+    #[default]
+    Uniform,
+    /// Each instance counts as much as the anchor's mask agrees with its weak label (the box
+    /// or the points, see `adapt::agreement`): where the shift blinds the source model, its
+    /// empty or scattered masks no longer pull the student towards seeing nothing.
+    WeakLabel,
+}
+
 /// The adaptation objective's settings (§2, §5.1): weights and switches of the five terms and the
 /// loss constants. The two profile-dependent constants are `None` by default and then follow the
 /// profile (§0): alpha 0.8 and smoothing 1 under `sam`, both the batch's instance count N under
@@ -256,6 +301,8 @@ pub struct LossConfig {
     pub anchor: Term,
     /// Teacher-anchor contrastive regularisation.
     pub contrastive: Term,
+    /// How the anchor term weighs each instance.
+    pub anchor_weighting: AnchorWeighting,
     /// Focal exponent.
     pub gamma: f64,
     /// Contrastive temperature.
@@ -274,6 +321,7 @@ impl Default for LossConfig {
             iou: Term::on(1.0),
             anchor: Term::on(1.0),
             contrastive: Term::on(1.0),
+            anchor_weighting: AnchorWeighting::Uniform,
             gamma: 2.0,
             tau: 0.3,
             focal_alpha: None,
@@ -408,13 +456,15 @@ impl ImageLoss {
 /// `n_total` is N, the instances of the whole batch (this image's `n` included): it divides the
 /// IoU term and, under `wesam-reference`, is focal alpha and dice smoothing. The teacher's logits
 /// keep their gradient into the anchor term and its embeddings into the contrastive term; the
-/// anchor's outputs are detached. Errors if the image has no instance or `n_total < n`.
+/// anchor's outputs are detached. `anchor_weights` `[n]` weigh the anchor term's instances
+/// ([`anchor`]; `None`: uniform). Errors if the image has no instance or `n_total < n`.
 pub fn wesam_image_loss(
     config: &LossConfig,
     profile: Profile,
     student: &StudentOutputs,
     teacher: &WeakOutputs,
     anchor_out: &WeakOutputs,
+    anchor_weights: Option<&Tensor>,
     n_total: usize,
 ) -> Result<ImageLoss> {
     check_counts(student, n_total)?;
@@ -426,6 +476,7 @@ pub fn wesam_image_loss(
             student.masks,
             teacher.masks,
             &pseudo_label(anchor_out.masks)?,
+            anchor_weights,
         )?
     } else {
         zero.clone()

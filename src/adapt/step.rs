@@ -11,12 +11,14 @@ use rand::{Rng, SeedableRng};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::OnceLock;
 
+use super::agreement::weak_label_agreement;
 use super::config::{AdaptConfig, LossResolution, Objective};
 use super::losses::{
-    supervised_image_loss, wesam_image_loss, ImageLoss, StudentOutputs, WeakOutputs,
+    pseudo_label, supervised_image_loss, wesam_image_loss, AnchorWeighting, ImageLoss,
+    StudentOutputs, WeakOutputs,
 };
 use crate::data::augment::{self, Flip};
-use crate::data::prompts::{make_prompts, mask_to_frame};
+use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts};
 use crate::data::{Instance, Sample};
 use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::{self, Frame};
@@ -238,13 +240,14 @@ fn on_single_threaded_pools<T: Sync, R: Send>(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// One view's model input and frame, and the prompts of its instances.
+/// One view's model input and frame, and the prompts of its instances (in the frame and as
+/// model tensors).
 fn prepare(
     cfg: &AdaptConfig,
     sam: &Sam,
     view: &Sample,
     rng: &mut StdRng,
-) -> Result<(Tensor, Frame, Prompts)> {
+) -> Result<(Tensor, Frame, FramePrompts, Prompts)> {
     let dev = &sam.device;
     let (input, frame) = transforms::preprocess(
         &view.image,
@@ -253,12 +256,28 @@ fn prepare(
         dev,
     )?;
     let low = 4 * sam.embedding_size();
-    let prompts = make_prompts(&view.instances, &frame, cfg.prompt, &cfg.prompts, rng).to_model(
-        low,
-        cfg.prompts.coarse_mask_logit,
-        dev,
-    )?;
-    Ok((input, frame, prompts))
+    let in_frame = make_prompts(&view.instances, &frame, cfg.prompt, &cfg.prompts, rng);
+    let prompts = in_frame.to_model(low, cfg.prompts.coarse_mask_logit, dev)?;
+    Ok((input, frame, in_frame, prompts))
+}
+
+/// The anchor term's instance weights `[n]` under the configured weighting: `None` for uniform,
+/// else the agreement of the anchor's masks `[n, S, S]` with the weak labels.
+fn anchor_weights(
+    cfg: &AdaptConfig,
+    anchor_masks: &Tensor,
+    in_frame: &FramePrompts,
+    frame_size: usize,
+) -> Result<Option<Tensor>> {
+    match cfg.losses.anchor_weighting {
+        AnchorWeighting::Uniform => Ok(None),
+        AnchorWeighting::WeakLabel => {
+            let side = anchor_masks.dim(1)?;
+            let masks: Vec<f32> = pseudo_label(anchor_masks)?.flatten_all()?.to_vec1()?;
+            let w = weak_label_agreement(&masks, side, frame_size, in_frame);
+            Ok(Some(Tensor::new(w, anchor_masks.device())?))
+        }
+    }
 }
 
 /// One image's WeSAM loss: anchor and teacher on the weak view, the student on the strong one.
@@ -270,7 +289,7 @@ fn self_training_loss(
     rng: &mut StdRng,
 ) -> Result<ImageLoss> {
     let views = augment::views(sample, rng);
-    let (weak_in, _, prompts) = prepare(cfg, m.model, &views.weak, rng)?;
+    let (weak_in, _, in_frame, prompts) = prepare(cfg, m.model, &views.weak, rng)?;
     let (strong_in, _) = transforms::preprocess(
         &views.strong,
         m.model.input_size,
@@ -299,6 +318,11 @@ fn self_training_loss(
         loss_masks(&low_s, res, size)?,
     );
     let (e_t, e_a) = (e_t.squeeze(0)?, e_a.squeeze(0)?);
+    let weights = if cfg.losses.anchor.enabled {
+        anchor_weights(cfg, &m_a, &in_frame, size)?
+    } else {
+        None
+    };
     Ok(wesam_image_loss(
         &cfg.losses,
         cfg.profile,
@@ -316,6 +340,7 @@ fn self_training_loss(
             low_res: &low_a,
             embeddings: &e_a,
         },
+        weights.as_ref(),
         n_total,
     )?)
 }
@@ -329,7 +354,7 @@ fn supervised_loss(
     rng: &mut StdRng,
 ) -> Result<ImageLoss> {
     let view = Flip::sample(rng).apply(sample);
-    let (input, frame, prompts) = prepare(cfg, m.model, &view, rng)?;
+    let (input, frame, _, prompts) = prepare(cfg, m.model, &view, rng)?;
     let e = m.model.encode(&input, m.lora)?;
     let (low, iou) = m.model.decode(&e, &prompts, false)?;
     let masks = loss_masks(&low, cfg.train.loss_resolution, m.model.input_size)?;

@@ -11,6 +11,7 @@ use super::args::DatasetArgs;
 use crate::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Trainable,
 };
+use crate::adapt::losses::AnchorWeighting;
 use crate::adapt::train::{adapt, Interrupted, RunControl, RunDir};
 use crate::data::prompts::PromptKind;
 use crate::data::Split;
@@ -82,6 +83,10 @@ pub struct AdaptArgs {
     /// Turn loss terms off (ablations): any of focal, dice, iou, anchor, contrastive.
     #[arg(long, value_delimiter = ',')]
     without: Vec<String>,
+    /// How the anchor term weighs each instance: uniformly (the reference) or by how well the
+    /// anchor's mask agrees with the instance's weak label.
+    #[arg(long, value_enum)]
+    anchor_weighting: Option<AnchorWeighting>,
     #[arg(long, value_enum)]
     loss_resolution: Option<LossResolution>,
     #[arg(long)]
@@ -181,7 +186,7 @@ fn resolve(
         loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,
         val_fraction => data.options.val_fraction, train_limit => data.train_limit,
         eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
-        corruption => data.corruption, severity => data.severity,
+        corruption => data.corruption, severity => data.severity, anchor_weighting => losses.anchor_weighting,
     );
     if let Some(names) = &a.train_names {
         if a.trainable.is_some_and(|t| t != Trainable::Named) {

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Chooses the learning rate of a domain-shift suite on tuning data, never on a split the suite
-reports.
+"""Chooses the learning rate and the anchor weighting of a domain-shift suite on tuning data,
+never on a split the suite reports.
 
-For each candidate rate it adapts the source model with the full method (the suite's other
-settings), scores the adapted model on the tuning data, and scores it on a source-domain split
-(forgetting). The rule: the largest mean gain over direct among the rates that keep the source
-domain within 1 point of the source model after every adaptation. Writes `table.md` and
-`table.csv` to --out and prints the chosen rate.
+For each candidate setting (a learning rate, and the anchor loss weighing every instance
+uniformly, as the reference, or by the anchor mask's agreement with the weak label) it adapts
+the source model with the full method (the suite's other settings), scores the adapted model on
+the tuning data, and scores it on a source-domain split (forgetting). The rule: the largest mean
+gain over direct among the settings that keep the source domain within 1 point of the source
+model after every adaptation. Writes `table.md` and `table.csv` to --out and prints the choice.
 
 Suites and their tuning data:
   synthetic   (configs/synth.toml) the bundled source model with box prompts on the tuning
@@ -18,7 +19,8 @@ Suites and their tuning data:
               this choice uses (the suite reports CVC's test split); the source split is
               Kvasir's training split (the suite reports its test split)
 
-Usage: cargo build --release && python3 scripts/tune_lr.py [--suite synthetic] [--out DIR]
+Usage: cargo build --release && python3 scripts/tune.py [--suite synthetic] [--out DIR]
+       [--rates 1e-4,1e-3] [--weightings uniform,weak-label]
 """
 import argparse
 import os
@@ -31,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from domain_shift import (ROOT, add_kvasir_args, evaluate, kvasir_paths, prepare_out,  # noqa: E402
                           train_kvasir_source, wesam, write_tables)
 
-RATES = ["1e-4", "3e-4", "1e-3", "3e-3", "1e-2"]
+RATES = "1e-4,3e-4,5e-4,1e-3,3e-3,1e-2"
+WEIGHTINGS = "uniform,weak-label"
 
 
 def synthetic_tuning(a, log):
@@ -67,9 +70,12 @@ def main():
     ap.add_argument("--model", help="source model (default: bundled, or trained for kvasir-cvc)")
     ap.add_argument("--count", type=int, default=200, help="synthetic: images per tuning domain")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
+    ap.add_argument("--rates", default=RATES, help="candidate learning rates, comma-separated")
+    ap.add_argument("--weightings", default=WEIGHTINGS, help="candidate anchor weightings")
     add_kvasir_args(ap)
     a = ap.parse_args()
-    a.out = a.out or os.path.join(ROOT, "bench-out", f"tune-lr-{a.suite}")
+    a.out = a.out or os.path.join(ROOT, "bench-out", f"tune-{a.suite}")
+    settings = [(lr, w) for w in a.weightings.split(",") for lr in a.rates.split(",")]
     log = prepare_out(a.out)
     if not os.path.exists(a.wesam):
         sys.exit(f"{a.wesam} not found: run `cargo build --release` first")
@@ -81,24 +87,25 @@ def main():
     before = {p: evaluate(a.wesam, log, model, prompt=p, **source) for p in prompts}
 
     def run(job):
-        (name, prompt, args), lr = job
-        run_dir = os.path.join(a.out, "runs", f"{name}-{prompt}-{lr}")
+        (name, prompt, args), (lr, weighting) = job
+        run_dir = os.path.join(a.out, "runs", f"{name}-{prompt}-{lr}-{weighting}")
         r = wesam(a.wesam, ["adapt", "--config", config, *args, "--checkpoint", model,
-                            "--prompt", prompt, "--lr", lr, "--out", run_dir, "--json"], log)
+                            "--prompt", prompt, "--lr", lr, "--anchor-weighting", weighting,
+                            "--out", run_dir, "--json"], log)
         after = evaluate(a.wesam, log, os.path.join(run_dir, "merged.safetensors"), prompt=prompt, **source)
         return r["direct"]["miou"], r["adapted"]["miou"], after
 
-    jobs = [(cell, lr) for lr in RATES for cell in cells]
+    jobs = [(cell, setting) for setting in settings for cell in cells]
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        results = dict(zip(((c[0], c[1], lr) for c, lr in jobs), pool.map(run, jobs)))
+        results = dict(zip(((c[0], c[1], s) for c, s in jobs), pool.map(run, jobs)))
     minutes = (time.time() - start) / 60
 
     labels = [f"{name} {prompt}" if len(prompts) > 1 else name for name, prompt, _ in cells]
     rows = []
-    for lr in RATES:
-        row = {"lr": lr}
+    for setting in settings:
+        row = {"lr": setting[0], "anchor weighting": setting[1]}
         for label, (name, prompt, _) in zip(labels, cells):
-            direct, adapted, after = results[(name, prompt, lr)]
+            direct, adapted, after = results[(name, prompt, setting)]
             row[f"{label} gain"] = adapted - direct
             row[f"source after {label}"] = after
         row["keeps source"] = all(row[f"source after {label}"] >= before[prompt] - 1.0
@@ -106,19 +113,22 @@ def main():
         row["mean gain"] = statistics.mean(row[f"{label} gain"] for label in labels)
         rows.append(row)
     kept = [r for r in rows if r["keeps source"]]
-    chosen = max(kept, key=lambda r: r["mean gain"])["lr"] if kept else None
+    best = max(kept, key=lambda r: r["mean gain"]) if kept else None
+    chosen = f"lr {best['lr']}, {best['anchor weighting']} anchor weighting" if best else None
 
     cols = [f"{label} gain" for label in labels] + [f"source after {label}" for label in labels] + ["mean gain"]
-    lines = [f"| lr | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
+    lines = [f"| lr | anchor weighting | {' | '.join(cols)} |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         cells_md = [f"{r[c]:+.1f}" if "gain" in c else f"{r[c]:.1f}" for c in cols]
-        bold = r["lr"] == chosen
-        lines.append(f"| {'**' + r['lr'] + '**' if bold else r['lr']} | " + " | ".join(cells_md) + " |")
+        key = [r["lr"], r["anchor weighting"]]
+        if r is best:
+            key = [f"**{k}**" for k in key]
+        lines.append(f"| {' | '.join(key)} | " + " | ".join(cells_md) + " |")
     src = ", ".join(f"{p} {m:.1f}" for p, m in before.items())
     lines += ["", f"Source model on the tuning source split: {src}. "
-              f"Chosen: {chosen or 'none (every rate costs the source more than 1 point)'}. "
+              f"Chosen: {chosen or 'none (every setting costs the source more than 1 point)'}. "
               f"Suite `{a.suite}`, {minutes:.1f} min on {os.cpu_count()} cores."]
-    write_tables(a.out, ["lr", *cols, "keeps source"], rows, lines)
+    write_tables(a.out, ["lr", "anchor weighting", *cols, "keeps source"], rows, lines)
 
 
 if __name__ == "__main__":
