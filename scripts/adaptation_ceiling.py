@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Where can the bundled source model absorb a synthetic shift, and does the WeSAM objective
-find it? A diagnosis of the domain-shift suite's small gains (scripts/domain_shift.py).
+find it? A diagnosis of the domain-shift suite's gains (scripts/domain_shift.py).
 
 For tuning domains of other seeds than the suite's (camouflage 51, fog 52, low-contrast 53),
 box prompts and the suite's other settings (configs/synth.toml), it trains one set of weights at
 a time:
   lora         the method's LoRA adapters on the encoder's q and v (lr 1e-2, which moves them
-               most; the suite runs at 1e-3)
+               most; the suite runs at 5e-4)
   patch_embed  the patch embedding only (--train-names patch_embed, lr 1e-3)
   all          every weight (--trainable all, lr 1e-3)
 each with the ground truth (`wesam train`, supervised) and with the WeSAM objective on the same
