@@ -6,7 +6,7 @@ For tuning domains of other seeds than the suite's (camouflage 51, fog 52, low-c
 box prompts and the suite's other settings (configs/synth.toml), it trains one set of weights at
 a time:
   lora         the method's LoRA adapters on the encoder's q and v (lr 1e-2, which moves them
-               most; the suite runs at 5e-4)
+               most; the suite runs at 4e-4)
   patch_embed  the patch embedding only (--train-names patch_embed, lr 1e-3)
   all          every weight (--trainable all, lr 1e-3)
 each with the ground truth (`wesam train`, supervised) and with the WeSAM objective on the same

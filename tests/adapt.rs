@@ -235,3 +235,21 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
         assert_close(name, g, w, 1e-5 * common::max_abs(w));
     }
 }
+
+#[test]
+fn a_trust_exponent_that_is_not_positive_is_refused_before_the_run_starts() {
+    let data = tmp("exponent-data");
+    make_dataset(&data, 4);
+    let out = tmp("exponent-out");
+    for bad in ["0", "-1", "NaN"] {
+        let flag = format!("--anchor-trust-exponent={bad}");
+        let o = adapt(&data, &out, &["--anchor-weighting", "weak-label", &flag]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{bad} accepted");
+        assert!(
+            err.contains("anchor_trust_exponent must be a positive number"),
+            "{err}"
+        );
+        assert!(!out.exists(), "{bad}: a run directory was made");
+    }
+}

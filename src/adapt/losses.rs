@@ -303,6 +303,10 @@ pub struct LossConfig {
     pub contrastive: Term,
     /// How the anchor term weighs each instance.
     pub anchor_weighting: AnchorWeighting,
+    /// Under the `weak-label` weighting, an instance's weight is its agreement raised to this
+    /// power: above 1 distrusts a half-agreeing anchor more (points agree loosely: a mask
+    /// spilling over most of a camouflaged scene can still hold every positive point).
+    pub anchor_trust_exponent: f64,
     /// Focal exponent.
     pub gamma: f64,
     /// Contrastive temperature.
@@ -322,6 +326,7 @@ impl Default for LossConfig {
             anchor: Term::on(1.0),
             contrastive: Term::on(1.0),
             anchor_weighting: AnchorWeighting::Uniform,
+            anchor_trust_exponent: 1.0,
             gamma: 2.0,
             tau: 0.3,
             focal_alpha: None,

@@ -262,7 +262,8 @@ fn prepare(
 }
 
 /// The anchor term's instance weights `[n]` under the configured weighting: `None` for uniform,
-/// else the agreement of the anchor's masks `[n, S, S]` with the weak labels.
+/// else the agreement of the anchor's masks `[n, S, S]` with the weak labels, raised to the
+/// trust exponent.
 fn anchor_weights(
     cfg: &AdaptConfig,
     anchor_masks: &Tensor,
@@ -274,7 +275,11 @@ fn anchor_weights(
         AnchorWeighting::WeakLabel => {
             let side = anchor_masks.dim(1)?;
             let masks: Vec<f32> = pseudo_label(anchor_masks)?.flatten_all()?.to_vec1()?;
-            let w = weak_label_agreement(&masks, side, frame_size, in_frame);
+            let exponent = cfg.losses.anchor_trust_exponent as f32;
+            let w: Vec<f32> = weak_label_agreement(&masks, side, frame_size, in_frame)
+                .into_iter()
+                .map(|a| a.powf(exponent))
+                .collect();
             Ok(Some(Tensor::new(w, anchor_masks.device())?))
         }
     }
@@ -369,4 +374,42 @@ fn supervised_loss(
         &gt,
         n_total,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The anchor weights are none under the uniform weighting, else the agreement raised to
+    /// the trust exponent: a mask filling the left half of its box agrees at 1/2.
+    #[test]
+    fn anchor_weights_are_the_agreement_raised_to_the_trust_exponent() {
+        let side = 8;
+        let logits: Vec<f32> = (0..side * side)
+            .map(|i| {
+                let (x, y) = (i % side, i / side);
+                if (2..4).contains(&x) && (2..6).contains(&y) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let masks = Tensor::from_vec(logits, (1, side, side), &Device::Cpu).unwrap();
+        let prompts = FramePrompts {
+            boxes: Some(vec![[4.0, 4.0, 12.0, 12.0]]),
+            ..Default::default()
+        };
+        let mut cfg = AdaptConfig::default();
+        let weights = |cfg: &AdaptConfig| {
+            anchor_weights(cfg, &masks, &prompts, 16)
+                .unwrap()
+                .map(|w| w.to_vec1::<f32>().unwrap())
+        };
+        assert_eq!(weights(&cfg), None);
+        cfg.losses.anchor_weighting = AnchorWeighting::WeakLabel;
+        assert_eq!(weights(&cfg), Some(vec![0.5]));
+        cfg.losses.anchor_trust_exponent = 2.0;
+        assert_eq!(weights(&cfg), Some(vec![0.25]));
+    }
 }

@@ -392,6 +392,10 @@ pub fn adapt(
     run: &RunDir,
     ctl: &RunControl,
 ) -> Result<Outcome> {
+    let exponent = cfg.losses.anchor_trust_exponent;
+    if !(exponent.is_finite() && exponent > 0.0) {
+        bail!("anchor_trust_exponent must be a positive number, got {exponent}");
+    }
     let mut train = dataset.records(cfg.data.train_split);
     if let Some(n) = cfg.data.train_limit {
         train.truncate(n);

@@ -87,6 +87,9 @@ pub struct AdaptArgs {
     /// anchor's mask agrees with the instance's weak label.
     #[arg(long, value_enum)]
     anchor_weighting: Option<AnchorWeighting>,
+    /// Under the weak-label weighting, the power the agreement is raised to (default 1).
+    #[arg(long)]
+    anchor_trust_exponent: Option<f64>,
     #[arg(long, value_enum)]
     loss_resolution: Option<LossResolution>,
     #[arg(long)]
@@ -187,6 +190,7 @@ fn resolve(
         val_fraction => data.options.val_fraction, train_limit => data.train_limit,
         eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity, anchor_weighting => losses.anchor_weighting,
+        anchor_trust_exponent => losses.anchor_trust_exponent,
     );
     if let Some(names) = &a.train_names {
         if a.trainable.is_some_and(|t| t != Trainable::Named) {
