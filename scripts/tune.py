@@ -4,7 +4,8 @@ never on a split the suite reports.
 
 For each candidate setting (a learning rate; the anchor loss weighing every instance uniformly,
 as the reference, or by the anchor mask's agreement with the weak label raised to a trust
-exponent) it adapts the source model with the full method (the suite's other settings),
+exponent; the kept weights chosen by the configuration's rule or by the agreement of the
+masks with the adaptation split's weak labels) it adapts the source model with the full method (the suite's other settings),
 scores the adapted model on the tuning data, and scores it on a source-domain split
 (forgetting). The rule: the largest mean gain over direct among the settings that keep the
 source domain within 1 point of the source model after every adaptation. Writes `table.md` and
@@ -23,7 +24,7 @@ Suites and their tuning data:
 
 Usage: cargo build --release && python3 scripts/tune.py [--suite synthetic] [--out DIR]
        [--rates 1e-4,1e-3] [--weightings uniform,weak-label] [--trust-exponents 1,2]
-       [--domains camouflage,fog] [--prompts box,point]
+       [--selections auto,weak-label] [--domains camouflage,fog] [--prompts box,point]
 """
 import argparse
 import itertools
@@ -43,7 +44,8 @@ TUNING_SEEDS = {"camouflage": 51, "fog": 52, "low-contrast": 53, "noise": 54, "b
 # The grid's axes: the column each names in the table, its command-line option of tune.py and
 # the `wesam adapt` flag it sets.
 AXES = [("lr", "rates", "--lr"), ("anchor weighting", "weightings", "--anchor-weighting"),
-        ("trust exponent", "trust_exponents", "--anchor-trust-exponent")]
+        ("trust exponent", "trust_exponents", "--anchor-trust-exponent"),
+        ("selection", "selections", "--select")]
 
 
 def synthetic_tuning(a, log):
@@ -87,6 +89,9 @@ def main():
     ap.add_argument("--weightings", default=WEIGHTINGS, help="candidate anchor weightings")
     ap.add_argument("--trust-exponents", default="1",
                     help="candidate trust exponents of the weak-label weighting")
+    ap.add_argument("--selections", default="weak-label",
+                    help="candidate rules for the kept weights: weak-label (the suites' choice), "
+                         "auto (here: the last epoch)")
     add_kvasir_args(ap)
     a = ap.parse_args()
     a.out = a.out or os.path.join(ROOT, "bench-out", f"tune-{a.suite}")

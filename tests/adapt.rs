@@ -1,7 +1,7 @@
 //! `wesam adapt` end to end on the tiny random SAM and a generated dataset: every adapter tensor
 //! trains, the anchor (base weights) does not change, the merged weights are base + BA and load
-//! back, and a run that crashed between checkpoints and was resumed ends bit for bit where an
-//! uninterrupted run ends.
+//! back, a run that crashed between checkpoints and was resumed ends bit for bit where an
+//! uninterrupted run ends, and the weak-label selection keeps the epoch it scores best.
 
 mod common;
 
@@ -34,12 +34,13 @@ fn adapt(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
         "low",
         "--checkpoint-every",
         "2",
-        "--lr",
-        "1e-2",
         "--json",
         "--out",
         out.to_str().unwrap(),
     ];
+    if !extra.contains(&"--lr") {
+        args.extend_from_slice(&["--lr", "1e-2"]);
+    }
     args.extend_from_slice(extra);
     Command::new(env!("CARGO_BIN_EXE_wesam"))
         .args(&args)
@@ -251,5 +252,82 @@ fn a_trust_exponent_that_is_not_positive_is_refused_before_the_run_starts() {
             "{err}"
         );
         assert!(!out.exists(), "{bad}: a run directory was made");
+    }
+}
+
+/// `--select weak-label` keeps the epoch (the starting model included) whose masks agree best
+/// with the adaptation split's weak labels: `metrics.csv` holds that agreement for every
+/// epoch, the run reports the first best one and its mIoU, its merged weights are that epoch's,
+/// and `wesam eval` on the adaptation split recomputes the kept epoch's agreement.
+#[test]
+fn the_weak_label_selection_keeps_the_epoch_whose_masks_agree_best() {
+    let data = tmp("select-data");
+    make_dataset(&data, 8);
+    // At 1e-2 the adapters move the masks; at 1 they wreck them, and the start is kept.
+    for lr in ["1e-2", "1"] {
+        let out = tmp(&format!("select-{lr}"));
+        let o = adapt(&data, &out, &["--select", "weak-label", "--lr", lr]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let rows: Vec<(f64, f64)> = metrics
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let num = |i: usize| f[i].parse::<f64>().unwrap_or_else(|_| panic!("{l}"));
+                (num(column("miou")), num(column("selection")))
+            })
+            .collect();
+        assert_eq!(rows.len(), 3, "direct and two epochs:\n{metrics}");
+        let best = rows
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, r)| if r.1 > rows[b].1 { i } else { b });
+        assert_eq!(
+            report["kept_epoch"].as_u64(),
+            Some(best as u64),
+            "{metrics}"
+        );
+        let adapted = report["adapted"]["miou"].as_f64().unwrap();
+        assert!(
+            (adapted - rows[best].0).abs() < 1e-3,
+            "{adapted} vs\n{metrics}"
+        );
+
+        let merged = out.join("merged.safetensors");
+        let base = fixture_dir().join("model.safetensors");
+        if best == 0 {
+            let (m, b) = (tensors(&merged), tensors(&base));
+            for (k, v) in &b {
+                assert_eq!(max_abs_diff(v, &m[k]), 0.0, "{k}: the start was not kept");
+            }
+        }
+        let eval = common::wesam(&[
+            "eval",
+            "--checkpoint",
+            merged.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--split",
+            "train",
+            "--prompt",
+            "box",
+            "--json",
+        ]);
+        assert!(eval.status.success(), "{}", common::stderr(&eval));
+        let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+        let agreement = eval["agreement"].as_f64().unwrap();
+        assert!(
+            (agreement - rows[best].1).abs() < 1e-2,
+            "lr {lr}: eval {agreement} vs\n{metrics}"
+        );
+        assert_eq!(
+            best == 0,
+            lr == "1",
+            "lr {lr}: kept epoch {best} of (mIoU, agreement) {rows:?}"
+        );
     }
 }

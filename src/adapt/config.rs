@@ -156,6 +156,22 @@ pub enum LossResolution {
     Low,
 }
 
+/// How a run chooses the weights it keeps at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// The profile's rule: under `wesam-reference` the best epoch on the evaluation split (the
+    /// reference's code does so); under `sam` the best epoch on the validation split when
+    /// `val_fraction` carves one, else the last epoch.
+    #[default]
+    Auto,
+    /// The epoch, or the starting model, whose masks agree best with the weak labels of the
+    /// adaptation split (their mean agreement, as `wesam eval` reports it). It needs no ground
+    /// truth, so it suits a target domain that has only weak labels; a run whose masks only
+    /// drift away from the weak labels keeps its starting weights.
+    WeakLabel,
+}
+
 /// The optimisation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,6 +193,8 @@ pub struct TrainConfig {
     pub loss_resolution: LossResolution,
     /// Steps between checkpoints (besides the end of each epoch).
     pub checkpoint_every: usize,
+    /// How the kept weights are chosen.
+    pub selection: Selection,
 }
 
 impl Default for TrainConfig {
@@ -194,6 +212,7 @@ impl Default for TrainConfig {
             max_nonfinite: 5,
             loss_resolution: LossResolution::Input,
             checkpoint_every: 100,
+            selection: Selection::Auto,
         }
     }
 }

@@ -11,7 +11,6 @@ use rand::{Rng, SeedableRng};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::OnceLock;
 
-use super::agreement::weak_label_agreement;
 use super::config::{AdaptConfig, LossResolution, Objective};
 use super::losses::{
     pseudo_label, supervised_image_loss, wesam_image_loss, AnchorWeighting, ImageLoss,
@@ -20,6 +19,7 @@ use super::losses::{
 use crate::data::augment::{self, Flip};
 use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts};
 use crate::data::{Instance, Sample};
+use crate::eval::agreement::weak_label_agreement;
 use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::{self, Frame};
 use crate::model::{Lora, Prompts, Sam};

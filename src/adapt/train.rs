@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::{AdaptConfig, Trainable};
+use super::config::{AdaptConfig, Selection, Trainable};
 use super::optim::Adam;
 use super::step::{batch_gradients, StepModels};
 use crate::data::loader::load_parallel;
@@ -51,6 +51,8 @@ impl From<&EvalReport> for Scores {
 pub struct Outcome {
     pub direct: Scores,
     pub adapted: Scores,
+    /// The epoch whose weights were kept; 0 is the starting model.
+    pub kept_epoch: usize,
     pub out: PathBuf,
 }
 
@@ -68,8 +70,8 @@ pub struct EpochRow {
     pub contrastive: f64,
     pub skipped_steps: usize,
     pub eval: Scores,
-    /// Scores on the validation split when it selects the model.
-    pub val: Option<Scores>,
+    /// The score that selects the kept epoch, when one does.
+    pub selection: Option<f64>,
 }
 
 /// Progress saved in the checkpoint's metadata.
@@ -80,6 +82,8 @@ struct Progress {
     global_step: usize,
     nonfinite_in_a_row: usize,
     direct: Option<Scores>,
+    /// The starting model's selection score, under the weak-label selection.
+    direct_selection: Option<f64>,
     rows: Vec<EpochRow>,
     /// Running sums of the epoch in progress.
     partial: EpochRow,
@@ -116,8 +120,20 @@ struct Setup<'a> {
     dataset: &'a dyn Dataset,
     train: Vec<Record>,
     eval: Vec<Record>,
-    /// The split that selects the model, if any (else the last epoch is kept).
-    select: Option<Vec<Record>>,
+    select: Selector,
+}
+
+/// What selects the kept weights (see [`Selection`]).
+enum Selector {
+    /// The last epoch.
+    Last,
+    /// The best mIoU on the evaluation split (the reference's code; reported as such).
+    EvalMiou,
+    /// The best mIoU on these validation records.
+    ValMiou(Vec<Record>),
+    /// The best agreement with the weak labels of the adaptation split, the starting model
+    /// included.
+    WeakLabel,
 }
 
 /// The random stream of one step: a function of the seed and the step alone.
@@ -270,6 +286,14 @@ fn save_checkpoint(
     write_safetensors(&run.checkpoint(), &tensors, meta)
 }
 
+/// Copies of the variables' current values, by name (the kept weights of a selection).
+fn copy_vars(vars: &[(String, Var)]) -> Result<HashMap<String, Tensor>> {
+    Ok(vars
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect::<candle_core::Result<_>>()?)
+}
+
 /// Sets variables from `prefix`-ed tensors of a checkpoint.
 fn restore_vars(
     vars: &[(String, Var)],
@@ -290,16 +314,20 @@ fn restore_vars(
 }
 
 /// `metrics.csv` from the rows so far (direct first).
-fn write_metrics(run: &RunDir, direct: Scores, rows: &[EpochRow]) -> Result<()> {
+fn write_metrics(run: &RunDir, progress: &Progress) -> Result<()> {
+    let score = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+    let direct = progress.direct.unwrap_or_default();
     let mut text = String::from(
-        "epoch,steps,lr,loss,focal,dice_loss,iou_loss,anchor,contrastive,skipped_steps,miou,dice,val_miou\n",
+        "epoch,steps,lr,loss,focal,dice_loss,iou_loss,anchor,contrastive,skipped_steps,miou,dice,selection\n",
     );
     text.push_str(&format!(
-        "0,0,0,,,,,,,0,{:.4},{:.4},\n",
-        direct.miou, direct.dice
+        "0,0,0,,,,,,,0,{:.4},{:.4},{}\n",
+        direct.miou,
+        direct.dice,
+        score(progress.direct_selection)
     ));
-    for r in rows {
-        let val = r.val.map(|v| format!("{:.4}", v.miou)).unwrap_or_default();
+    for r in &progress.rows {
+        let val = score(r.selection);
         text.push_str(&format!(
             "{},{},{:e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.4},{:.4},{val}\n",
             r.epoch,
@@ -411,11 +439,13 @@ pub fn adapt(
             dataset.name()
         );
     }
-    let select = match cfg.profile {
-        // The reference picks the best epoch on its evaluation split (reported as such).
-        Profile::WesamReference => Some(eval.clone()),
-        Profile::Sam if cfg.data.options.val_fraction > 0.0 => Some(dataset.records(Split::Val)),
-        Profile::Sam => None,
+    let select = match (cfg.train.selection, cfg.profile) {
+        (Selection::WeakLabel, _) => Selector::WeakLabel,
+        (Selection::Auto, Profile::WesamReference) => Selector::EvalMiou,
+        (Selection::Auto, Profile::Sam) if cfg.data.options.val_fraction > 0.0 => {
+            Selector::ValMiou(dataset.records(Split::Val))
+        }
+        (Selection::Auto, Profile::Sam) => Selector::Last,
     };
     let s = Setup {
         cfg,
@@ -470,7 +500,15 @@ pub fn adapt(
             );
             let d = Scores::from(&report);
             progress.direct = Some(d);
-            write_metrics(run, d, &progress.rows)?;
+            if let Selector::WeakLabel = s.select {
+                let a = eval_on(&s, trained.eval_model(sam), None, &s.train, "weak labels")?;
+                eprintln!("direct: weak-label agreement {:.2}", a.agreement);
+                progress.direct_selection = Some(a.agreement);
+                progress.best_epoch = Some(0);
+                progress.best_score = a.agreement;
+                best = copy_vars(&trained.kept_vars())?;
+            }
+            write_metrics(run, &progress)?;
             d
         }
     };
@@ -580,34 +618,36 @@ pub fn adapt(
         }
         row.epoch = progress.epoch + 1;
         row.eval = Scores::from(&report);
-        let selection = match &s.select {
-            Some(records) if cfg.profile == Profile::Sam => {
-                let v = Scores::from(&eval_on(&s, eval_model, kept_lora, records, "val")?);
-                row.val = Some(v);
-                Some(v.miou)
+        row.selection = match &s.select {
+            Selector::Last => None,
+            Selector::EvalMiou => Some(report.miou),
+            Selector::ValMiou(records) => {
+                Some(eval_on(&s, eval_model, kept_lora, records, "val")?.miou)
             }
-            Some(_) => Some(report.miou),
-            None => None,
+            Selector::WeakLabel => {
+                Some(eval_on(&s, eval_model, kept_lora, &s.train, "weak labels")?.agreement)
+            }
         };
-        if let Some(score) = selection {
+        if let Some(score) = row.selection {
             if progress.best_epoch.is_none() || score > progress.best_score {
                 progress.best_epoch = Some(row.epoch);
                 progress.best_score = score;
-                best = trained
-                    .kept_vars()
-                    .into_iter()
-                    .map(|(k, v)| Ok((k, v.as_tensor().copy()?)))
-                    .collect::<candle_core::Result<_>>()?;
+                best = copy_vars(&trained.kept_vars())?;
             }
         }
+        let selected_by = match (&s.select, row.selection) {
+            (Selector::WeakLabel, Some(v)) => format!("; weak-label agreement {v:.2}"),
+            (Selector::ValMiou(_), Some(v)) => format!("; val mIoU {v:.2}"),
+            _ => String::new(),
+        };
         eprintln!(
-            "epoch {}: loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}, anchor {:.4}, contrastive {:.4}), {} skipped; eval mIoU {:.2}, Dice {:.2}",
+            "epoch {}: loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}, anchor {:.4}, contrastive {:.4}), {} skipped; eval mIoU {:.2}, Dice {:.2}{selected_by}",
             row.epoch, row.loss, row.focal, row.dice_loss, row.iou_loss, row.anchor, row.contrastive, row.skipped_steps, row.eval.miou, row.eval.dice
         );
         progress.rows.push(row);
         progress.epoch += 1;
         progress.step_in_epoch = 0;
-        write_metrics(run, direct, &progress.rows)?;
+        write_metrics(run, &progress)?;
         save_checkpoint(run, &trained, &best, &opt, &progress)?;
     }
 
@@ -615,9 +655,10 @@ pub fn adapt(
     if !best.is_empty() {
         restore_vars(&trained.kept_vars(), "", &best, &run.checkpoint())?;
     }
-    let adapted = match progress.best_epoch {
-        Some(e) => progress.rows[e - 1].eval,
-        None => progress.rows.last().map(|r| r.eval).unwrap_or(direct),
+    let kept_epoch = progress.best_epoch.unwrap_or(progress.rows.len());
+    let adapted = match kept_epoch {
+        0 => direct,
+        e => progress.rows[e - 1].eval,
     };
     if let Some(l) = trained.kept_lora() {
         l.save(&run.adapter())?;
@@ -628,6 +669,7 @@ pub fn adapt(
     Ok(Outcome {
         direct,
         adapted,
+        kept_epoch,
         out: run.0.clone(),
     })
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use super::args::DatasetArgs;
 use crate::adapt::config::{
-    AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Trainable,
+    AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Selection, Trainable,
 };
 use crate::adapt::losses::AnchorWeighting;
 use crate::adapt::train::{adapt, Interrupted, RunControl, RunDir};
@@ -99,6 +99,10 @@ pub struct AdaptArgs {
     /// Fraction of the adaptation split held out to select the best epoch.
     #[arg(long)]
     val_fraction: Option<f64>,
+    /// How the kept weights are chosen: the profile's rule (auto), or the epoch, the starting
+    /// model included, whose masks agree best with the adaptation split's weak labels.
+    #[arg(long, value_enum)]
+    select: Option<Selection>,
     /// Adapt on at most N images.
     #[arg(long)]
     train_limit: Option<usize>,
@@ -190,7 +194,7 @@ fn resolve(
         val_fraction => data.options.val_fraction, train_limit => data.train_limit,
         eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity, anchor_weighting => losses.anchor_weighting,
-        anchor_trust_exponent => losses.anchor_trust_exponent,
+        anchor_trust_exponent => losses.anchor_trust_exponent, select => train.selection,
     );
     if let Some(names) = &a.train_names {
         if a.trainable.is_some_and(|t| t != Trainable::Named) {
@@ -357,6 +361,10 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
         "| adapted| {:.2} | {:.2} |",
         outcome.adapted.miou, outcome.adapted.dice
     );
+    match outcome.kept_epoch {
+        0 => eprintln!("kept: the starting weights"),
+        e => eprintln!("kept: epoch {e}"),
+    }
     eprintln!("run directory: {}", outcome.out.display());
     if a.json {
         println!("{}", serde_json::to_string(&outcome)?);

@@ -54,11 +54,11 @@ struct JsonReport<'a> {
 }
 
 fn write_csv(path: &std::path::Path, report: &EvalReport) -> anyhow::Result<()> {
-    let mut text = String::from("image,instance,iou,dice,biou\n");
+    let mut text = String::from("image,instance,iou,dice,biou,agreement\n");
     for r in &report.per_instance {
         text.push_str(&format!(
-            "{},{},{:.6},{:.6},{:.6}\n",
-            r.image, r.instance, r.iou, r.dice, r.biou
+            "{},{},{:.6},{:.6},{:.6},{:.6}\n",
+            r.image, r.instance, r.iou, r.dice, r.biou, r.agreement
         ));
     }
     crate::io::write_atomically(path, |tmp| Ok(std::fs::write(tmp, text)?))
@@ -117,18 +117,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         };
         println!("{}", serde_json::to_string(&j)?);
     } else {
-        println!("| dataset | split | prompt | images | instances | mIoU | mDice | mBIoU |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| dataset | split | prompt | images | instances | mIoU | mDice | mBIoU | weak-label agreement |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
         let label = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
         println!(
-            "| {name} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             label(serde_json::to_value(a.split)?),
             label(serde_json::to_value(a.prompt)?),
             report.images,
             report.instances,
             report.miou,
             report.dice,
-            report.biou
+            report.biou,
+            report.agreement
         );
         eprintln!("\n{:.1} s, {ips:.2} images/s", report.seconds);
     }

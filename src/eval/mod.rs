@@ -1,6 +1,8 @@
 //! `wesam eval`'s engine: a model over a dataset's images, each encoded once and all its
-//! instance prompts decoded in one batch, scored per [`metrics`].
+//! instance prompts decoded in one batch, scored per [`metrics`] against the ground truth and,
+//! by [`agreement`], against the weak labels alone.
 
+pub mod agreement;
 pub mod metrics;
 
 use std::path::PathBuf;
@@ -18,6 +20,7 @@ use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::{self, Frame};
 use crate::model::{Lora, Sam};
 use crate::profile::Profile;
+use agreement::weak_label_agreement;
 use metrics::{InstanceScore, MeanScores};
 
 /// What an evaluation does besides scoring.
@@ -40,6 +43,8 @@ pub struct InstanceRow {
     pub iou: f64,
     pub dice: f64,
     pub biou: f64,
+    /// Agreement with the weak label, in [0, 1].
+    pub agreement: f64,
 }
 
 /// The result of an evaluation; metrics in percent.
@@ -50,6 +55,10 @@ pub struct EvalReport {
     pub miou: f64,
     pub dice: f64,
     pub biou: f64,
+    /// How well the masks agree with their weak labels (box IoU, or points inside and
+    /// outside; see [`weak_label_agreement`]), averaged as mIoU is: the one score a target
+    /// domain without ground-truth masks can give.
+    pub agreement: f64,
     pub skipped: Vec<FileIssue>,
     #[serde(skip)]
     pub per_instance: Vec<InstanceRow>,
@@ -80,14 +89,25 @@ fn binary_masks(logits: &Tensor, profile: Profile) -> Result<Vec<GrayImage>> {
         .collect())
 }
 
+/// One sample's predicted masks, their scores against the ground truth, and their agreement
+/// with the weak labels that prompted them.
+pub struct Prediction {
+    pub masks: Vec<GrayImage>,
+    pub scores: Vec<InstanceScore>,
+    /// Per instance, in [0, 1].
+    pub agreement: Vec<f64>,
+}
+
 /// Predicts every instance of one sample and scores it. The `sam` profile scores at the
 /// image's own resolution; the reference profile on the padded input canvas, as its code does.
+/// The agreement with the weak labels is measured on the decoder's low-resolution masks in the
+/// input frame, as the `weak-label` anchor weighting measures it during training.
 pub fn predict_and_score(
     sam: &Sam,
     lora: Option<&Lora>,
     sample: &Sample,
     cfg: &EvalConfig,
-) -> Result<(Vec<GrayImage>, Vec<InstanceScore>)> {
+) -> Result<Prediction> {
     let dev = sam.device.clone();
     let (input, frame) = transforms::preprocess(
         &sample.image,
@@ -96,7 +116,7 @@ pub fn predict_and_score(
         &dev,
     )?;
     let mut rng = StdRng::seed_from_u64(image_seed(cfg.seed, &sample.id));
-    let prompts = make_prompts(
+    let weak_labels = make_prompts(
         &sample.instances,
         &frame,
         cfg.prompt,
@@ -104,9 +124,20 @@ pub fn predict_and_score(
         &mut rng,
     );
     let low = 4 * sam.embedding_size();
-    let prompts = prompts.to_model(low, cfg.prompts.coarse_mask_logit, &dev)?;
+    let prompts = weak_labels.to_model(low, cfg.prompts.coarse_mask_logit, &dev)?;
     let embedding = sam.encode(&input, lora)?;
     let (low_res, _) = sam.decode(&embedding, &prompts, false)?;
+    let low_masks: Vec<f32> = low_res
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| f32::from(u8::from(cfg.profile.is_foreground(v))))
+        .collect();
+    let agreement = weak_label_agreement(&low_masks, low, frame.size, &weak_labels)
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let (preds, gts): (Vec<GrayImage>, Vec<GrayImage>) = match cfg.profile {
         Profile::Sam => {
             let full = transforms::postprocess(&low_res, &frame)?.squeeze(1)?;
@@ -131,11 +162,15 @@ pub fn predict_and_score(
         .zip(&gts)
         .map(|(p, g)| metrics::score(p, g))
         .collect();
-    let preds = match cfg.profile {
+    let masks = match cfg.profile {
         Profile::Sam => preds,
         Profile::WesamReference => preds.iter().map(|p| crop_to_image(p, &frame)).collect(),
     };
-    Ok((preds, scores))
+    Ok(Prediction {
+        masks,
+        scores,
+        agreement,
+    })
 }
 
 /// A mask on the padded canvas cut back to the image and resized to its original size.
@@ -199,6 +234,7 @@ pub fn evaluate(
     let start = Instant::now();
     let frozen = lora.map(Lora::frozen);
     let mut means = MeanScores::default();
+    let mut agreement_sum = 0.0;
     let mut report = EvalReport::default();
     for (record, sample) in samples {
         progress.inc(1);
@@ -219,10 +255,15 @@ pub fn evaluate(
                 continue;
             }
         };
-        let (preds, scores) = predict_and_score(sam, frozen.as_ref(), &sample, cfg)?;
+        let Prediction {
+            masks,
+            scores,
+            agreement,
+        } = predict_and_score(sam, frozen.as_ref(), &sample, cfg)?;
         if let Some(dir) = &cfg.save_masks {
-            save_predictions(dir, &sample, &preds)?;
+            save_predictions(dir, &sample, &masks)?;
         }
+        agreement_sum += agreement.iter().sum::<f64>() / agreement.len().max(1) as f64;
         for (i, s) in scores.iter().enumerate() {
             report.per_instance.push(InstanceRow {
                 image: sample.id.clone(),
@@ -230,6 +271,7 @@ pub fn evaluate(
                 iou: s.iou,
                 dice: s.dice,
                 biou: s.biou,
+                agreement: agreement[i],
             });
         }
         means.add_image(&scores);
@@ -238,6 +280,7 @@ pub fn evaluate(
     }
     (report.miou, report.dice, report.biou) = means.percent();
     (report.images, report.instances) = (means.images, means.instances);
+    report.agreement = 100.0 * agreement_sum / means.images.max(1) as f64;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -1,5 +1,7 @@
 //! How well a predicted mask agrees with its instance's weak label: the trust the `weak-label`
-//! anchor weighting gives the frozen anchor's pseudo-label, instance by instance.
+//! anchor weighting gives the frozen anchor's pseudo-label, instance by instance, and, averaged
+//! over a split, the score `wesam eval` reports beside mIoU and the weak-label selection keeps
+//! the best epoch by (a target domain with only weak labels has no other).
 //!
 //! The anchor loss (method spec §2.4) pulls the adapted model towards the source model's masks.
 //! Where the source model still sees the object that helps; where the shift blinds it (an empty
