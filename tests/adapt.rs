@@ -258,7 +258,8 @@ fn a_trust_exponent_that_is_not_positive_is_refused_before_the_run_starts() {
 /// `--select weak-label` keeps the epoch (the starting model included) whose masks agree best
 /// with the adaptation split's weak labels: `metrics.csv` holds that agreement for every
 /// epoch, the run reports the first best one and its mIoU, its merged weights are that epoch's,
-/// and `wesam eval` on the adaptation split recomputes the kept epoch's agreement.
+/// `wesam eval` on the adaptation split recomputes the kept epoch's agreement, and a resumed run
+/// keeps the same epoch.
 #[test]
 fn the_weak_label_selection_keeps_the_epoch_whose_masks_agree_best() {
     let data = tmp("select-data");
@@ -329,5 +330,24 @@ fn the_weak_label_selection_keeps_the_epoch_whose_masks_agree_best() {
             lr == "1",
             "lr {lr}: kept epoch {best} of (mIoU, agreement) {rows:?}"
         );
+
+        // A run that crashed in its second epoch and was resumed keeps the same epoch and
+        // weights (the first epoch's come back from the checkpoint).
+        if lr == "1e-2" {
+            let crashed = tmp("select-crashed");
+            let flags = ["--select", "weak-label", "--crash-after-steps", "10"];
+            assert!(!adapt(&data, &crashed, &flags).status.success());
+            let o = common::wesam(&["adapt", "--resume", crashed.to_str().unwrap(), "--json"]);
+            assert!(o.status.success(), "{}", common::stderr(&o));
+            let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(resumed["kept_epoch"], report["kept_epoch"]);
+            let (a, b) = (
+                tensors(&out.join("adapter.safetensors")),
+                tensors(&crashed.join("adapter.safetensors")),
+            );
+            for (k, v) in &a {
+                assert_close(&format!("resumed {k}"), &b[k], v, 0.0);
+            }
+        }
     }
 }
