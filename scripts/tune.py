@@ -4,8 +4,8 @@ never on a split the suite reports.
 
 For each candidate setting (a learning rate; the anchor loss weighing every instance uniformly,
 as the reference, or by the anchor mask's agreement with the weak label raised to a trust
-exponent; the kept weights chosen by the configuration's rule or by the agreement of the
-masks with the adaptation split's weak labels) it adapts the source model with the full method (the suite's other settings),
+exponent; the last epoch kept, or the one whose masks agree best with the adaptation split's
+weak labels) it adapts the source model with the full method (the suite's other settings),
 scores the adapted model on the tuning data, and scores it on a source-domain split
 (forgetting). The rule: the largest mean gain over direct among the settings that keep the
 source domain within 1 point of the source model after every adaptation. Writes `table.md` and
