@@ -279,7 +279,7 @@ pub enum AnchorWeighting {
     #[default]
     Uniform,
     /// Each instance counts as much as the anchor's mask agrees with its weak label (the box
-    /// or the points, see `eval::agreement`): where the shift blinds the source model, its
+    /// or the points, see `eval::agreement::anchor_trust`): where the shift blinds the source model, its
     /// empty or scattered masks no longer pull the student towards seeing nothing.
     WeakLabel,
 }
@@ -303,9 +303,10 @@ pub struct LossConfig {
     pub contrastive: Term,
     /// How the anchor term weighs each instance.
     pub anchor_weighting: AnchorWeighting,
-    /// Under the `weak-label` weighting, an instance's weight is its agreement raised to this
-    /// power: above 1 distrusts a half-agreeing anchor more (points agree loosely: a mask
-    /// spilling over most of a camouflaged scene can still hold every positive point).
+    /// Under the `weak-label` weighting, an instance's weight is the trust in its anchor mask
+    /// (`eval::agreement::anchor_trust`) raised to this power: above 1 distrusts a
+    /// half-agreeing anchor more (points agree loosely: a mask spilling over most of a
+    /// camouflaged scene can still hold every positive point).
     pub anchor_trust_exponent: f64,
     /// Focal exponent.
     pub gamma: f64,

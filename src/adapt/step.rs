@@ -19,7 +19,7 @@ use super::losses::{
 use crate::data::augment::{self, Flip};
 use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts};
 use crate::data::{Instance, Sample};
-use crate::eval::agreement::weak_label_agreement;
+use crate::eval::agreement::anchor_trust;
 use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::{self, Frame};
 use crate::model::{Lora, Prompts, Sam};
@@ -262,8 +262,8 @@ fn prepare(
 }
 
 /// The anchor term's instance weights `[n]` under the configured weighting: `None` for uniform,
-/// else the agreement of the anchor's masks `[n, S, S]` with the weak labels, raised to the
-/// trust exponent.
+/// else the trust in the anchor's masks `[n, S, S]` given their weak labels (`anchor_trust`),
+/// raised to the trust exponent.
 fn anchor_weights(
     cfg: &AdaptConfig,
     anchor_masks: &Tensor,
@@ -276,7 +276,7 @@ fn anchor_weights(
             let side = anchor_masks.dim(1)?;
             let masks: Vec<f32> = pseudo_label(anchor_masks)?.flatten_all()?.to_vec1()?;
             let exponent = cfg.losses.anchor_trust_exponent as f32;
-            let w: Vec<f32> = weak_label_agreement(&masks, side, frame_size, in_frame)
+            let w: Vec<f32> = anchor_trust(&masks, side, frame_size, in_frame)
                 .into_iter()
                 .map(|a| a.powf(exponent))
                 .collect();
@@ -380,15 +380,17 @@ fn supervised_loss(
 mod tests {
     use super::*;
 
-    /// The anchor weights are none under the uniform weighting, else the agreement raised to
-    /// the trust exponent: a mask filling the left half of its box agrees at 1/2.
+    /// The anchor weights are none under the uniform weighting, else the trust raised to the
+    /// trust exponent: a mask filling its box but for the four corner pixels is trusted by its
+    /// IoU with the box, 12/16 (the selection's agreement would give it 1).
     #[test]
-    fn anchor_weights_are_the_agreement_raised_to_the_trust_exponent() {
+    fn anchor_weights_are_the_trust_raised_to_the_trust_exponent() {
         let side = 8;
         let logits: Vec<f32> = (0..side * side)
             .map(|i| {
                 let (x, y) = (i % side, i / side);
-                if (2..4).contains(&x) && (2..6).contains(&y) {
+                let corner = [2, 5].contains(&x) && [2, 5].contains(&y);
+                if (2..6).contains(&x) && (2..6).contains(&y) && !corner {
                     1.0
                 } else {
                     -1.0
@@ -408,8 +410,8 @@ mod tests {
         };
         assert_eq!(weights(&cfg), None);
         cfg.losses.anchor_weighting = AnchorWeighting::WeakLabel;
-        assert_eq!(weights(&cfg), Some(vec![0.5]));
+        assert_eq!(weights(&cfg), Some(vec![0.75]));
         cfg.losses.anchor_trust_exponent = 2.0;
-        assert_eq!(weights(&cfg), Some(vec![0.25]));
+        assert_eq!(weights(&cfg), Some(vec![0.5625]));
     }
 }

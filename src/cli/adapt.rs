@@ -87,7 +87,8 @@ pub struct AdaptArgs {
     /// anchor's mask agrees with the instance's weak label.
     #[arg(long, value_enum)]
     anchor_weighting: Option<AnchorWeighting>,
-    /// Under the weak-label weighting, the power the agreement is raised to (default 1).
+    /// Under the weak-label weighting, the power the trust in the anchor's mask is raised to
+    /// (default 1).
     #[arg(long)]
     anchor_trust_exponent: Option<f64>,
     #[arg(long, value_enum)]

@@ -55,9 +55,10 @@ pub struct EvalReport {
     pub miou: f64,
     pub dice: f64,
     pub biou: f64,
-    /// How well the masks agree with their weak labels (box IoU, or points inside and
-    /// outside; see [`weak_label_agreement`]), averaged as mIoU is: the one score a target
-    /// domain without ground-truth masks can give.
+    /// How well the masks agree with their weak labels (inside the box and reaching its sides,
+    /// or holding the positive points and not the negative ones; see
+    /// [`weak_label_agreement`]), averaged as mIoU is: the one score a target domain without
+    /// ground-truth masks can give.
     pub agreement: f64,
     pub skipped: Vec<FileIssue>,
     #[serde(skip)]

@@ -1,7 +1,7 @@
 //! Synthetic segmentation datasets with controlled domain shifts, for training a small SAM from
 //! scratch on a `source` domain and adapting it to target domains without real data.
 //!
-//! A scene (background and 2–5 occluding textured shapes, see [`scene`]) is a function of the
+//! A scene (background and 2–5 occluding textured shapes, see `scene.rs`) is a function of the
 //! seed and the image index alone; a [`Domain`] changes only how it looks (and, for `clutter`,
 //! hides parts of objects behind occluders). [`write_dataset`] writes a dataset in the `folder`
 //! layout: `images/`, `masks/` (instance ids), `splits/` and `synth.json`.
