@@ -8,7 +8,8 @@ For every target domain and prompt kind it runs, with the `wesam` binary only:
   st+anchor    self-training and the anchor loss
   full         the whole method (+ contrastive)
   supervised   `wesam train` on the target's ground truth, same LoRA and schedule (upper bound)
-  source       the source domain's test mIoU of the fully adapted model (forgetting?)
+  source (M)   the source domain's test mIoU after adaptation by each method M of st,
+               st+anchor and full (forgetting, and how much of it the anchor prevents)
 and writes `table.md` and `table.csv` to --out. Model selection never looks at a ground truth:
 each adaptation keeps the epoch, or the source model, whose masks agree best with the weak
 labels of its adaptation split (`selection = "weak-label"` in the configurations; the column
@@ -76,7 +77,8 @@ def evaluate(binary, log, checkpoint, dataset, prompt, data_root=None, image_siz
 
 
 def run_cell(binary, log, out, config, model, target, prompt, source, extra):
-    """Every method on one (target, prompt) cell; returns {method: mIoU}."""
+    """Every method on one (target, prompt) cell; returns {method: mIoU} with, for each
+    adaptation, the source split's mIoU after it ("source (method)")."""
     row = {}
     for method, flags in ABLATIONS.items():
         run_dir = os.path.join(out, "runs", f"{os.path.basename(target['dataset'])}-{prompt}-{method}")
@@ -84,10 +86,10 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra):
                            "--prompt", prompt, *flags, *extra, "--out", run_dir, "--json"], log)
         row["direct"] = r["direct"]["miou"]
         row[method] = r["adapted"]["miou"]
+        row[f"source ({method})"] = evaluate(binary, log, os.path.join(run_dir, "merged.safetensors"),
+                                             source["dataset"], prompt, source.get("data_root"))
         if method == "full":
             row["full kept"] = r["kept_epoch"]
-            row["source"] = evaluate(binary, log, os.path.join(run_dir, "merged.safetensors"),
-                                     source["dataset"], prompt, source.get("data_root"))
     run_dir = os.path.join(out, "runs", f"{os.path.basename(target['dataset'])}-{prompt}-supervised")
     r = wesam(binary, ["train", "--config", config, *target["args"], "--checkpoint", model,
                        "--prompt", prompt, "--select", "auto", *extra, "--out", run_dir, "--json"], log)
@@ -221,7 +223,7 @@ def main():
         rows = [{"target": name, "prompt": prompt, **row} for (name, _, prompt), row in zip(jobs, done)]
     minutes = (time.time() - start) / 60
 
-    cols = METHODS + ["source"]
+    cols = METHODS + [f"source ({m})" for m in ABLATIONS]
     lines = [
         f"| target | prompt | {' | '.join(cols)} | full − direct | full kept |",
         "|---|---|" + "---|" * (len(cols) + 2),
