@@ -279,8 +279,8 @@ pub enum AnchorWeighting {
     #[default]
     Uniform,
     /// Each instance counts as much as the anchor's mask agrees with its weak label (the box
-    /// or the points, see `eval::agreement::anchor_trust`): where the shift blinds the source model, its
-    /// empty or scattered masks no longer pull the student towards seeing nothing.
+    /// or the points, see `eval::agreement::anchor_trust`): where the shift blinds the source
+    /// model, its empty or scattered masks no longer pull the student towards seeing nothing.
     WeakLabel,
 }
 

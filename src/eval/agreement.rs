@@ -184,38 +184,13 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_box_trusts_a_mask_by_how_much_of_the_box_it_covers() {
-        // Masks at 8 x 8 over a 16-pixel frame, prompt box (2, 2)-(6, 6) at that scale: the
-        // first mask is the box, the second its left half, the third spans the box as two
-        // opposite corners (its bounding box is the prompt box), the fourth is empty, the fifth
-        // is the box and half as much again below it.
-        let side = 8;
-        let mut masks = rect(side, [2, 2, 6, 6]);
-        masks.extend(rect(side, [2, 2, 4, 6]));
-        let corners: Vec<f32> = rect(side, [2, 2, 3, 3])
-            .iter()
-            .zip(rect(side, [5, 5, 6, 6]))
-            .map(|(a, b)| a + b)
-            .collect();
-        masks.extend(corners);
-        masks.extend(vec![0.0; side * side]);
-        masks.extend(rect(side, [2, 2, 6, 8]));
-        let prompts = FramePrompts {
-            boxes: Some(vec![[4.0, 4.0, 12.0, 12.0]; 5]),
-            ..Default::default()
-        };
-        let a = anchor_trust(&masks, side, 16, &prompts);
-        assert_eq!(a, vec![1.0, 0.5, 2.0 / 16.0, 0.0, 2.0 / 3.0]);
-    }
-
-    #[test]
-    fn a_box_agrees_with_a_mask_inside_it_that_reaches_its_four_sides() {
-        // Prompt box (2, 2)-(6, 6) at 8 x 8 over a 16-pixel frame. The masks: the box; the box
-        // without its four corner pixels (a tight box does not say whether its corners belong
-        // to the object); its left half (spans half the box's width); its two opposite corner
-        // pixels (span it); empty; the box and half as much again below it (a third of the
-        // mask outside); the box grown by one pixel on every side (16 of 36 pixels inside).
+    /// Seven masks at 8 x 8 over a 16-pixel frame, each with the prompt box (2, 2)-(6, 6) at
+    /// that scale: the box; the box without its four corner pixels (a tight box does not say
+    /// whether its corners belong to the object); its left half; its two opposite corner pixels
+    /// (their bounding box is the prompt box); empty; the box and half as much again below it
+    /// (a third of the mask outside); the box grown by one pixel on every side (16 of 36 pixels
+    /// inside).
+    fn box_cases() -> (Vec<f32>, FramePrompts) {
         let side = 8;
         let mut masks = rect(side, [2, 2, 6, 6]);
         let mut no_corners = rect(side, [2, 2, 6, 6]);
@@ -237,11 +212,24 @@ mod tests {
             boxes: Some(vec![[4.0, 4.0, 12.0, 12.0]; 7]),
             ..Default::default()
         };
-        let a = weak_label_agreement(&masks, side, 16, &prompts);
-        assert_eq!(a, vec![1.0, 1.0, 0.5, 1.0, 0.0, 2.0 / 3.0, 16.0 / 36.0]);
-        // The trust tells the first two apart, and the agreement does not.
-        let t = anchor_trust(&masks, side, 16, &prompts);
-        assert_eq!(t[..2], [1.0, 12.0 / 16.0]);
+        (masks, prompts)
+    }
+
+    #[test]
+    fn a_box_trusts_a_mask_by_how_much_of_the_box_it_covers() {
+        let (masks, prompts) = box_cases();
+        let t = anchor_trust(&masks, 8, 16, &prompts);
+        let want = [1.0, 0.75, 0.5, 2.0 / 16.0, 0.0, 2.0 / 3.0, 16.0 / 36.0];
+        assert_eq!(t, want);
+    }
+
+    #[test]
+    fn a_box_agrees_with_a_mask_inside_it_that_reaches_its_four_sides() {
+        // Unlike the trust, the agreement does not tell the box from the box without corners,
+        // and gives the two opposite corners, which span the box, full agreement.
+        let (masks, prompts) = box_cases();
+        let a = weak_label_agreement(&masks, 8, 16, &prompts);
+        assert_eq!(a, [1.0, 1.0, 0.5, 1.0, 0.0, 2.0 / 3.0, 16.0 / 36.0]);
     }
 
     #[test]
