@@ -26,7 +26,13 @@ Suites:
               adapted to CVC-ClinicDB (another centre and device); needs ../shared/data or
               --data-root
 
+With --seeds S1,S2,... every cell runs once per training seed (`wesam adapt --seed`, which also
+draws the training's augmentations and the points of the evaluation): the markdown table shows
+each column's mean over the seeds and, per seed, how the full method compares with each
+ablation; the CSV has one row per cell and seed.
+
 Usage: cargo build --release && python3 scripts/domain_shift.py [--suite synthetic] [--out DIR]
+       [--seeds 1337,1,2]
 """
 import argparse
 import csv
@@ -76,12 +82,17 @@ def evaluate(binary, log, checkpoint, dataset, prompt, data_root=None, image_siz
     return wesam(binary, args, log)["miou"]
 
 
-def run_cell(binary, log, out, config, model, target, prompt, source, extra):
-    """Every method on one (target, prompt) cell; returns {method: mIoU} with, for each
-    adaptation, the source split's mIoU after it ("source (method)")."""
+def run_cell(binary, log, out, config, model, target, prompt, source, extra, seed=None):
+    """Every method on one (target, prompt) cell, with the training seed `seed` (None: the
+    configuration's); returns {method: mIoU} with, for each adaptation, the source split's mIoU
+    after it ("source (method)")."""
     row = {}
+    name = f"{os.path.basename(target['dataset'])}-{prompt}"
+    if seed is not None:
+        extra = [*extra, "--seed", str(seed)]
+        name += f"-seed{seed}"
     for method, flags in ABLATIONS.items():
-        run_dir = os.path.join(out, "runs", f"{os.path.basename(target['dataset'])}-{prompt}-{method}")
+        run_dir = os.path.join(out, "runs", f"{name}-{method}")
         r = wesam(binary, ["adapt", "--config", config, *target["args"], "--checkpoint", model,
                            "--prompt", prompt, *flags, *extra, "--out", run_dir, "--json"], log)
         row["direct"] = r["direct"]["miou"]
@@ -90,7 +101,7 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra):
                                              source["dataset"], prompt, source.get("data_root"))
         if method == "full":
             row["full kept"] = r["kept_epoch"]
-    run_dir = os.path.join(out, "runs", f"{os.path.basename(target['dataset'])}-{prompt}-supervised")
+    run_dir = os.path.join(out, "runs", f"{name}-supervised")
     r = wesam(binary, ["train", "--config", config, *target["args"], "--checkpoint", model,
                        "--prompt", prompt, "--select", "auto", *extra, "--out", run_dir, "--json"], log)
     row["supervised"] = r["adapted"]["miou"]
@@ -203,6 +214,9 @@ def main():
     ap.add_argument("--count", type=int, default=200, help="images per synthetic domain")
     ap.add_argument("--model", help="source model (default: bundled, or trained for kvasir-cvc)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
+    ap.add_argument("--seeds", help="training seeds, comma-separated (default: the configuration's); "
+                                    "with several, every cell runs once per seed and the table "
+                                    "shows the means")
     add_kvasir_args(ap)
     a = ap.parse_args()
     a.domains = a.domains.split(",")
@@ -217,13 +231,24 @@ def main():
     prompts = a.prompts.split(",")
     source_miou = {p: evaluate(a.wesam, log, model, source["dataset"], p, source.get("data_root"))
                    for p in prompts}
-    jobs = [(name, target, prompt) for name, target in cells for prompt in prompts]
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
+    jobs = [(name, target, prompt, seed) for name, target in cells for prompt in prompts for seed in seeds]
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        done = pool.map(lambda j: run_cell(a.wesam, log, a.out, config, model, j[1], j[2], source, extra), jobs)
-        rows = [{"target": name, "prompt": prompt, **row} for (name, _, prompt), row in zip(jobs, done)]
+        done = pool.map(lambda j: run_cell(a.wesam, log, a.out, config, model, j[1], j[2], source, extra, j[3]),
+                        jobs)
+        runs = [{"target": name, "prompt": prompt, "seed": seed, **row}
+                for (name, _, prompt, seed), row in zip(jobs, done)]
     minutes = (time.time() - start) / 60
 
     cols = METHODS + [f"source ({m})" for m in ABLATIONS]
+    # One row per (target, prompt): each column's mean over the seeds, the kept epochs listed.
+    rows = []
+    for name, _ in cells:
+        for prompt in prompts:
+            sel = [r for r in runs if r["target"] == name and r["prompt"] == prompt]
+            row = {"target": name, "prompt": prompt, **{c: statistics.mean(r[c] for r in sel) for c in cols}}
+            row["full kept"] = "/".join(str(r["full kept"]) for r in sel)
+            rows.append(row)
     lines = [
         f"| target | prompt | {' | '.join(cols)} | full − direct | full kept |",
         "|---|---|" + "---|" * (len(cols) + 2),
@@ -239,7 +264,16 @@ def main():
     src = ", ".join(f"{p} {m:.1f}" for p, m in source_miou.items())
     lines += ["", f"Source model on the source test split: {src} mIoU. "
                   f"Suite `{a.suite}`, {minutes:.1f} min on {os.cpu_count()} cores."]
-    write_tables(a.out, ["target", "prompt", *cols, "full kept"], rows, lines)
+    if len(seeds) > 1:
+        # How far the ablations' order holds from one training seed to the next.
+        lines += ["", f"Means over the training seeds {', '.join(map(str, seeds))}; per seed, the mean over "
+                      "the targets of full − each ablation:"]
+        for prompt in prompts:
+            for ablation in ("st", "st+anchor"):
+                diffs = [statistics.mean(r["full"] - r[ablation] for r in runs
+                                         if r["prompt"] == prompt and r["seed"] == seed) for seed in seeds]
+                lines.append(f"- {prompt}, full − {ablation}: " + ", ".join(f"{d:+.2f}" for d in diffs))
+    write_tables(a.out, ["target", "prompt", "seed", *cols, "full kept"], runs, lines)
 
 
 if __name__ == "__main__":
