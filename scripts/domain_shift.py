@@ -108,6 +108,11 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra, see
     return row
 
 
+def seed_list(text):
+    """`--seeds`: comma-separated integers."""
+    return [int(x) for x in text.split(",")]
+
+
 def prepare_out(out):
     """Makes `out` and its `logs/`, and removes the `runs/` and `logs/` of an earlier invocation
     (a run directory that already holds a run would make `wesam` refuse to start, and an old
@@ -214,7 +219,7 @@ def main():
     ap.add_argument("--count", type=int, default=200, help="images per synthetic domain")
     ap.add_argument("--model", help="source model (default: bundled, or trained for kvasir-cvc)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="commands run at once")
-    ap.add_argument("--seeds", help="training seeds, comma-separated (default: the configuration's); "
+    ap.add_argument("--seeds", type=seed_list, help="training seeds, comma-separated (default: the configuration's); "
                                     "with several, every cell runs once per seed and the table "
                                     "shows the means")
     add_kvasir_args(ap)
@@ -231,7 +236,7 @@ def main():
     prompts = a.prompts.split(",")
     source_miou = {p: evaluate(a.wesam, log, model, source["dataset"], p, source.get("data_root"))
                    for p in prompts}
-    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
+    seeds = a.seeds or [None]
     jobs = [(name, target, prompt, seed) for name, target in cells for prompt in prompts for seed in seeds]
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
         done = pool.map(lambda j: run_cell(a.wesam, log, a.out, config, model, j[1], j[2], source, extra, j[3]),
@@ -269,7 +274,7 @@ def main():
         lines += ["", f"Means over the training seeds {', '.join(map(str, seeds))}; per seed, the mean over "
                       "the targets of full − each ablation:"]
         for prompt in prompts:
-            for ablation in ("st", "st+anchor"):
+            for ablation in (m for m in ABLATIONS if m != "full"):
                 diffs = [statistics.mean(r["full"] - r[ablation] for r in runs
                                          if r["prompt"] == prompt and r["seed"] == seed) for seed in seeds]
                 lines.append(f"- {prompt}, full − {ablation}: " + ", ".join(f"{d:+.2f}" for d in diffs))
