@@ -11,7 +11,8 @@ use candle_core::Device;
     PartialEq,
     Eq,
     Default,
-    clap::ValueEnum,
+    strum::VariantArray,
+    strum::EnumMessage,
     serde::Serialize,
     serde::Deserialize,
 )]

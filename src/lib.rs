@@ -1,14 +1,14 @@
 //! wesam: weakly supervised adaptation of Segment Anything to new image domains.
 //!
 //! [`model`] holds the trainable SAM and its LoRA adapters, [`data`] datasets, prompts and
-//! augmentations, [`cli`] the `wesam` commands.
+//! augmentations, [`adapt`] the training (losses, step, trainer), [`eval`] scoring. The `wesam` command line lives in the
+//! binary (`src/main.rs`, `src/cli/`): nothing here prints, exits or reads the terminal.
 
 pub mod adapt;
-pub mod cli;
 pub mod data;
-pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod io;
 pub mod model;
 pub mod profile;
+pub mod progress;

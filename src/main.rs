@@ -1,10 +1,19 @@
-//! The `wesam` command.
+//! The `wesam` command: the command line over the `wesam` library.
+
+mod cli;
+
+use wesam::{adapt, data, device, eval, io, model, profile, progress};
 
 fn main() {
     keep_freed_memory();
     serial_elementwise_kernels();
     fixed_matmul_threads();
-    if let Err(e) = wesam::cli::run() {
+    if let Err(e) = cli::run() {
+        if e.downcast_ref::<adapt::trainer::Interrupted>().is_some() {
+            // Stopped by Ctrl-C after a checkpoint: the shell's code for an interrupt.
+            eprintln!("{e}");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

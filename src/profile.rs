@@ -7,7 +7,18 @@ use serde::{Deserialize, Serialize};
 use crate::model::transforms::Preprocessing;
 
 /// Which behaviour to follow where the reference code and correct SAM usage differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
     #[default]

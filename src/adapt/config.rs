@@ -54,7 +54,18 @@ impl Default for DataConfig {
 }
 
 /// What a run optimises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
     /// WeSAM: the weak labels are only prompts; the student learns from the teacher's
@@ -68,7 +79,18 @@ pub enum Objective {
 }
 
 /// Which weights a run trains; everything else stays frozen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Trainable {
     /// LoRA adapters on the encoder's q and v projections (the reference).
@@ -97,7 +119,18 @@ impl Trainable {
 }
 
 /// Where the starting weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// The checkpoint file.
@@ -135,7 +168,18 @@ impl ModelConfig {
 }
 
 /// Adam or AdamW.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// Adam with coupled L2 weight decay (the reference).
@@ -146,7 +190,18 @@ pub enum OptimizerKind {
 }
 
 /// Where mask losses are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LossResolution {
     /// On logits upsampled to the input size, as the reference (1024² for SAM).
@@ -157,7 +212,18 @@ pub enum LossResolution {
 }
 
 /// How a run chooses the weights it keeps at its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Selection {
     /// The profile's rule: under `wesam-reference` the best epoch on the evaluation split (the

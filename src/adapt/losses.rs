@@ -9,6 +9,7 @@
 use candle_core::{bail, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::loss_terms::LossTerms;
 use crate::model::ops::{resize_2d, Interpolation};
 use crate::profile::Profile;
 
@@ -272,7 +273,18 @@ impl Term {
 }
 
 /// How the anchor term weighs each instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AnchorWeighting {
     /// Every instance counts once (the reference).
@@ -316,6 +328,21 @@ pub struct LossConfig {
     pub focal_alpha: Option<f64>,
     /// Smoothing of the self-training dice; `None`: the profile's.
     pub self_dice_smooth: Option<f64>,
+}
+
+impl LossConfig {
+    /// The term of this name (`focal`, `dice`, `iou`, `anchor`, `contrastive`, as the
+    /// configuration's keys), for ablations that turn terms off by name.
+    pub fn term_mut(&mut self, name: &str) -> Option<&mut Term> {
+        match name {
+            "focal" => Some(&mut self.focal),
+            "dice" => Some(&mut self.dice),
+            "iou" => Some(&mut self.iou),
+            "anchor" => Some(&mut self.anchor),
+            "contrastive" => Some(&mut self.contrastive),
+            _ => None,
+        }
+    }
 }
 
 impl Default for LossConfig {
@@ -381,15 +408,7 @@ pub struct WeakOutputs<'a> {
 
 /// One image's loss: the weighted total to back-propagate and each unweighted term for logging
 /// (0 for a disabled term).
-#[derive(Debug, Clone)]
-pub struct ImageLoss {
-    pub total: Tensor,
-    pub focal: Tensor,
-    pub dice: Tensor,
-    pub iou: Tensor,
-    pub anchor: Tensor,
-    pub contrastive: Tensor,
-}
+pub type ImageLoss = LossTerms<Tensor>;
 
 /// The focal, dice and IoU-MSE terms that train the student's logits `[n, H, W]` and IoU
 /// predictions towards a binary `target` (§2.1–§2.3): the teacher's pseudo-label in
@@ -429,31 +448,29 @@ fn check_counts(student: &StudentOutputs, n_total: usize) -> Result<()> {
     Ok(())
 }
 
-impl ImageLoss {
-    /// The terms and their weighted total.
-    fn weighted(
-        config: &LossConfig,
-        [focal, dice, iou, anchor, contrastive]: [Tensor; 5],
-    ) -> Result<Self> {
-        let weighted = [
-            (config.focal, &focal),
-            (config.dice, &dice),
-            (config.iou, &iou),
-            (config.anchor, &anchor),
-            (config.contrastive, &contrastive),
-        ];
-        let total = weighted
-            .iter()
-            .try_fold(focal.zeros_like()?, |acc, (t, v)| acc + (*v * t.weight)?)?;
-        Ok(Self {
-            total,
-            focal,
-            dice,
-            iou,
-            anchor,
-            contrastive,
-        })
-    }
+/// The terms and their weighted total.
+fn weighted(
+    config: &LossConfig,
+    [focal, dice, iou, anchor, contrastive]: [Tensor; 5],
+) -> Result<ImageLoss> {
+    let weighted = [
+        (config.focal, &focal),
+        (config.dice, &dice),
+        (config.iou, &iou),
+        (config.anchor, &anchor),
+        (config.contrastive, &contrastive),
+    ];
+    let total = weighted
+        .iter()
+        .try_fold(focal.zeros_like()?, |acc, (t, v)| acc + (*v * t.weight)?)?;
+    Ok(LossTerms {
+        total,
+        focal,
+        dice,
+        iou,
+        anchor,
+        contrastive,
+    })
 }
 
 /// One image's WeSAM objective (§1.3): `w_f Focal(S, T) + w_d Dice(S, T) + w_i IoU-MSE +
@@ -498,7 +515,7 @@ pub fn wesam_image_loss(
     } else {
         zero
     };
-    ImageLoss::weighted(config, [focal, dice, iou, anchor_term, contrastive_term])
+    weighted(config, [focal, dice, iou, anchor_term, contrastive_term])
 }
 
 /// One image's supervised objective (`wesam train`): the same focal, dice and IoU-MSE terms with
@@ -513,5 +530,5 @@ pub fn supervised_image_loss(
     check_counts(student, n_total)?;
     let [focal, dice, iou] = target_terms(config, profile, student, ground_truth, n_total)?;
     let zero = focal.zeros_like()?;
-    ImageLoss::weighted(config, [focal, dice, iou, zero.clone(), zero])
+    weighted(config, [focal, dice, iou, zero.clone(), zero])
 }

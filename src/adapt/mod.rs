@@ -1,13 +1,22 @@
-//! Adaptation and training (method spec §1.3, §2, §5.1).
+//! Adaptation and training (method spec §1.3, §2, §5.1; see `docs/method.md`).
 //!
 //! [`config`] is a run's configuration; [`losses`] holds every WeSAM loss as a differentiable
-//! candle function and the per-image objectives (self-training and supervised); [`step`] the
-//! views, prompts and model passes of one step; [`optim`] the Adam variants (coupled L2, as the
-//! reference, or decoupled, as AdamW) with resumable state and the warm-up / step-decay
-//! learning-rate schedule; [`train`] the loop, checkpoints and outputs.
+//! candle function and the per-image objectives, whose terms travel as [`loss_terms`]; [`step`]
+//! the views, prompts and model passes of one step; [`optim`] the Adam variants with resumable
+//! state and the learning-rate schedules; [`trainer`] the loop, which keeps its run in a
+//! [`run_dir`], its [`checkpoint`] and [`metrics`], trains what [`trained`] says (with an
+//! [`ema`] teacher if asked), keeps weights by [`selection`] and reports to an [`observer`].
 
+pub mod checkpoint;
 pub mod config;
+pub mod ema;
+pub mod loss_terms;
 pub mod losses;
+pub mod metrics;
+pub mod observer;
 pub mod optim;
+pub mod run_dir;
+pub mod selection;
 pub mod step;
-pub mod train;
+pub mod trained;
+pub mod trainer;

@@ -12,6 +12,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::OnceLock;
 
 use super::config::{AdaptConfig, LossResolution, Objective};
+use super::loss_terms::LossTerms;
 use super::losses::{
     pseudo_label, supervised_image_loss, wesam_image_loss, AnchorWeighting, ImageLoss,
     StudentOutputs, WeakOutputs,
@@ -21,8 +22,9 @@ use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts};
 use crate::data::{Instance, Sample};
 use crate::eval::agreement::anchor_trust;
 use crate::model::ops::{resize_2d, Interpolation};
-use crate::model::transforms::{self, Frame};
-use crate::model::{Lora, Prompts, Sam};
+use crate::model::predictor::{Masks, PreparedImage};
+use crate::model::transforms::Frame;
+use crate::model::{Lora, Predictor, Prompts, Sam};
 
 /// The models one step runs. When only LoRA is trained, `anchor` and `model` are the same
 /// frozen model and the adapters carry the training.
@@ -38,37 +40,9 @@ pub struct StepModels<'a> {
     pub teacher: Option<&'a Lora>,
 }
 
-/// Loss terms of one step, summed over its images, as numbers for the log.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StepLog {
-    pub total: f64,
-    pub focal: f64,
-    pub dice: f64,
-    pub iou: f64,
-    pub anchor: f64,
-    pub contrastive: f64,
-}
-
-impl StepLog {
-    fn merge(&mut self, other: &StepLog) {
-        self.total += other.total;
-        self.focal += other.focal;
-        self.dice += other.dice;
-        self.iou += other.iou;
-        self.anchor += other.anchor;
-        self.contrastive += other.contrastive;
-    }
-
-    fn add(&mut self, loss: &ImageLoss) -> Result<()> {
-        let value = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-        self.total += value(&loss.total)?;
-        self.focal += value(&loss.focal)?;
-        self.dice += value(&loss.dice)?;
-        self.iou += value(&loss.iou)?;
-        self.anchor += value(&loss.anchor)?;
-        self.contrastive += value(&loss.contrastive)?;
-        Ok(())
-    }
+/// One image's loss terms as numbers, for the log.
+fn logged(loss: &ImageLoss) -> Result<LossTerms<f64>> {
+    loss.try_map(|t| Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?))
 }
 
 /// Keeps at most `max` random instances of a sample (the reference's `reduce_instances`).
@@ -137,7 +111,7 @@ pub fn batch_gradients(
     samples: &mut [Sample],
     vars: &[Tensor],
     rng: &mut StdRng,
-) -> Result<Option<(GradStore, StepLog)>> {
+) -> Result<Option<(GradStore, LossTerms<f64>)>> {
     for sample in samples.iter_mut() {
         cap_instances(sample, cfg.train.max_instances, rng);
     }
@@ -150,10 +124,9 @@ pub fn batch_gradients(
         .filter(|x| !x.instances.is_empty())
         .map(|x| (x, rng.random()))
         .collect();
-    let one = |&(sample, seed): &(&Sample, u64)| -> Result<(GradStore, StepLog)> {
+    let one = |&(sample, seed): &(&Sample, u64)| -> Result<(GradStore, LossTerms<f64>)> {
         let loss = image_loss(cfg, models, sample, n_total, seed)?;
-        let mut log = StepLog::default();
-        log.add(&loss)?;
+        let log = logged(&loss)?;
         let all = loss.total.backward()?;
         let mut kept = GradStore::default();
         for v in vars {
@@ -163,16 +136,17 @@ pub fn batch_gradients(
         }
         Ok((kept, log))
     };
-    let per_image: Vec<(GradStore, StepLog)> = if models.model.device.is_cpu() && work.len() > 1 {
-        on_single_threaded_pools(&work, one)?
-    } else {
-        work.iter().map(one).collect::<Result<_>>()?
-    };
+    let per_image: Vec<(GradStore, LossTerms<f64>)> =
+        if models.model.device.is_cpu() && work.len() > 1 {
+            on_single_threaded_pools(&work, one)?
+        } else {
+            work.iter().map(one).collect::<Result<_>>()?
+        };
     let mut grads = GradStore::default();
-    let mut log = StepLog::default();
+    let mut log = LossTerms::default();
     for (g, l) in per_image {
         grads.extend(g)?;
-        log.merge(&l);
+        log.add(&l);
     }
     Ok(Some((grads, log)))
 }
@@ -240,25 +214,26 @@ fn on_single_threaded_pools<T: Sync, R: Send>(
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// One view's model input and frame, and the prompts of its instances (in the frame and as
-/// model tensors).
-fn prepare(
+/// The prompts of a view's instances drawn from their weak labels, in the input frame of
+/// `prepared` (as coordinates and as model tensors).
+fn prompts_for(
     cfg: &AdaptConfig,
-    sam: &Sam,
+    predictor: &Predictor,
     view: &Sample,
+    prepared: &PreparedImage,
     rng: &mut StdRng,
-) -> Result<(Tensor, Frame, FramePrompts, Prompts)> {
-    let dev = &sam.device;
-    let (input, frame) = transforms::preprocess(
-        &view.image,
-        sam.input_size,
-        cfg.profile.preprocessing(),
-        dev,
-    )?;
-    let low = 4 * sam.embedding_size();
-    let in_frame = make_prompts(&view.instances, &frame, cfg.prompt, &cfg.prompts, rng);
+) -> Result<(FramePrompts, Prompts)> {
+    let in_frame = make_prompts(
+        &view.instances,
+        &prepared.frame,
+        cfg.prompt,
+        &cfg.prompts,
+        rng,
+    );
+    let low = predictor.low_res_size();
+    let dev = prepared.input.device();
     let prompts = in_frame.to_model(low, cfg.prompts.coarse_mask_logit, dev)?;
-    Ok((input, frame, in_frame, prompts))
+    Ok((in_frame, prompts))
 }
 
 /// The anchor term's instance weights `[n]` under the configured weighting: `None` for uniform,
@@ -294,24 +269,26 @@ fn self_training_loss(
     rng: &mut StdRng,
 ) -> Result<ImageLoss> {
     let views = augment::views(sample, rng);
-    let (weak_in, _, in_frame, prompts) = prepare(cfg, m.model, &views.weak, rng)?;
-    let (strong_in, _) = transforms::preprocess(
-        &views.strong,
-        m.model.input_size,
-        cfg.profile.preprocessing(),
-        &m.model.device,
-    )?;
-    let e_t = m.model.encode(&weak_in, m.teacher)?;
-    let (low_t, _) = m.model.decode(&e_t, &prompts, false)?;
-    let e_s = m.model.encode(&strong_in, m.lora)?;
-    let (low_s, iou_s) = m.model.decode(&e_s, &prompts, false)?;
+    let preprocessing = cfg.profile.preprocessing();
+    let mut teacher = Predictor::new(m.model, m.teacher, preprocessing);
+    let weak = teacher.prepare(&views.weak.image)?;
+    let (in_frame, prompts) = prompts_for(cfg, &teacher, &views.weak, &weak, rng)?;
+    let mut student = Predictor::new(m.model, m.lora, preprocessing);
+    let strong = student.prepare(&views.strong)?;
+    teacher.set_prepared(&weak)?;
+    let low_t = teacher.predict_in_frame(&prompts, false)?.low_res;
+    student.set_prepared(&strong)?;
+    let out_s = student.predict_in_frame(&prompts, false)?;
+    let (low_s, iou_s) = (out_s.low_res, out_s.iou);
+    let e_t = teacher.embedding()?;
     // The anchor's outputs feed only the anchor and contrastive terms: without both (the
     // self-training ablation) its encoder pass is skipped and the teacher's outputs, which no
     // enabled term then reads as the anchor's, stand in.
     let (e_a, low_a) = if cfg.losses.anchor.enabled || cfg.losses.contrastive.enabled {
-        let e_a = m.anchor.encode(&weak_in, None)?;
-        let (low_a, _) = m.anchor.decode(&e_a, &prompts, false)?;
-        (e_a, low_a)
+        let mut anchor = Predictor::new(m.anchor, None, preprocessing);
+        anchor.set_prepared(&weak)?;
+        let low_a = anchor.predict_in_frame(&prompts, false)?.low_res;
+        (anchor.embedding()?.clone(), low_a)
     } else {
         (e_t.detach(), low_t.detach())
     };
@@ -359,9 +336,12 @@ fn supervised_loss(
     rng: &mut StdRng,
 ) -> Result<ImageLoss> {
     let view = Flip::sample(rng).apply(sample);
-    let (input, frame, _, prompts) = prepare(cfg, m.model, &view, rng)?;
-    let e = m.model.encode(&input, m.lora)?;
-    let (low, iou) = m.model.decode(&e, &prompts, false)?;
+    let mut predictor = Predictor::new(m.model, m.lora, cfg.profile.preprocessing());
+    let prepared = predictor.prepare(&view.image)?;
+    let (_, prompts) = prompts_for(cfg, &predictor, &view, &prepared, rng)?;
+    predictor.set_prepared(&prepared)?;
+    let Masks { low_res: low, iou } = predictor.predict_in_frame(&prompts, false)?;
+    let frame = prepared.frame;
     let masks = loss_masks(&low, cfg.train.loss_resolution, m.model.input_size)?;
     let gt = ground_truth(&view.instances, &frame, masks.dim(1)?, &m.model.device)?;
     Ok(supervised_image_loss(

@@ -8,11 +8,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::args::DatasetArgs;
+use super::choice::{choice, default_name};
+use super::progress::Terminal;
 use crate::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Selection, Trainable,
 };
 use crate::adapt::losses::AnchorWeighting;
-use crate::adapt::train::{adapt, Interrupted, RunControl, RunDir};
+use crate::adapt::run_dir::RunDir;
+use crate::adapt::trainer::{RunControl, Trainer};
+use crate::data::corrupt::Corruption;
 use crate::data::prompts::PromptKind;
 use crate::data::Split;
 use crate::device::DeviceKind;
@@ -29,16 +33,16 @@ pub struct AdaptArgs {
     dataset: Option<String>,
     #[arg(long)]
     data_root: Option<PathBuf>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<PromptKind>())]
     prompt: Option<PromptKind>,
     /// SAM checkpoint to adapt.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<ModelType>())]
     model_type: Option<ModelType>,
     /// Where the starting weights come from: the checkpoint, or random weights of
     /// `--model-config` (training from scratch).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Init>())]
     init: Option<Init>,
     /// Architecture of a randomly initialised model: a JSON or TOML file with the official
     /// builder's arguments (e.g. configs/sam-tiny.toml).
@@ -46,7 +50,7 @@ pub struct AdaptArgs {
     model_config: Option<PathBuf>,
     /// What is trained: LoRA adapters (default), the mask decoder, every weight, or the
     /// weights named by --train-names.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Trainable>())]
     trainable: Option<Trainable>,
     /// Train the weights whose official names contain one of these strings (implies
     /// --trainable named), e.g. `patch_embed,blocks.0.mlp`.
@@ -55,7 +59,7 @@ pub struct AdaptArgs {
     /// Model input size (e.g. 512 on a CPU); position tables are interpolated.
     #[arg(long)]
     image_size: Option<usize>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Profile>())]
     profile: Option<Profile>,
     #[arg(long)]
     epochs: Option<usize>,
@@ -65,7 +69,7 @@ pub struct AdaptArgs {
     batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<OptimizerKind>())]
     optimizer: Option<OptimizerKind>,
     /// L2 (adam) or decoupled (adamw) weight decay.
     #[arg(long)]
@@ -85,13 +89,13 @@ pub struct AdaptArgs {
     without: Vec<String>,
     /// How the anchor term weighs each instance: uniformly (the reference) or by how well the
     /// anchor's mask agrees with the instance's weak label.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<AnchorWeighting>())]
     anchor_weighting: Option<AnchorWeighting>,
     /// Under the weak-label weighting, the power the trust in the anchor's mask is raised to
     /// (default 1).
     #[arg(long)]
     anchor_trust_exponent: Option<f64>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<LossResolution>())]
     loss_resolution: Option<LossResolution>,
     #[arg(long)]
     max_instances: Option<usize>,
@@ -102,7 +106,7 @@ pub struct AdaptArgs {
     val_fraction: Option<f64>,
     /// How the kept weights are chosen: the profile's rule (auto), or the epoch, the starting
     /// model included, whose masks agree best with the adaptation split's weak labels.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Selection>())]
     select: Option<Selection>,
     /// Adapt on at most N images.
     #[arg(long)]
@@ -111,7 +115,7 @@ pub struct AdaptArgs {
     #[arg(long)]
     eval_limit: Option<usize>,
     /// The split scored before and after training (default: test).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Split>())]
     eval_split: Option<Split>,
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -124,11 +128,11 @@ pub struct AdaptArgs {
     /// End by printing one JSON object (direct and adapted scores, run directory) on stdout.
     #[arg(long)]
     json: bool,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     device: DeviceKind,
     /// Corrupt every image with one of the 15 COCO-C corruptions (`--dataset coco-c`).
-    #[arg(long, value_enum)]
-    corruption: Option<crate::data::corrupt::Corruption>,
+    #[arg(long, value_parser = choice::<Corruption>())]
+    corruption: Option<Corruption>,
     /// Severity of the corruption, 1 to 5 (default 5).
     #[arg(long)]
     severity: Option<u8>,
@@ -205,17 +209,12 @@ fn resolve(
         c.model.train_names = names.clone();
     }
     for term in &a.without {
-        let t = match term.as_str() {
-            "focal" => &mut c.losses.focal,
-            "dice" => &mut c.losses.dice,
-            "iou" => &mut c.losses.iou,
-            "anchor" => &mut c.losses.anchor,
-            "contrastive" => &mut c.losses.contrastive,
-            other => {
-                bail!("--without {other}: not a loss term (focal, dice, iou, anchor, contrastive)")
+        match c.losses.term_mut(term) {
+            Some(t) => t.enabled = false,
+            None => {
+                bail!("--without {term}: not a loss term (focal, dice, iou, anchor, contrastive)")
             }
-        };
-        t.enabled = false;
+        }
     }
     c.data.options = c.data.options.for_profile(c.profile);
     Ok(c)
@@ -256,7 +255,7 @@ fn starting_model(cfg: &AdaptConfig, dev: &candle_core::Device) -> anyhow::Resul
 
 /// A new run must not overwrite one that `--resume` could continue.
 fn refuse_existing_run(out: &std::path::Path) -> anyhow::Result<()> {
-    if out.join("checkpoint.safetensors").exists() {
+    if RunDir(out.to_path_buf()).holds_run() {
         bail!(
             "{} already holds a run: continue it with --resume, or choose another --out",
             out.display()
@@ -285,7 +284,7 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("runs/adapt-demo-{}", utc_stamp())));
             refuse_existing_run(&out)?;
-            let cfg = resolve(&a, objective, Some(crate::demo::prepare(&out)?))?;
+            let cfg = resolve(&a, objective, Some(super::demo::prepare(&out)?))?;
             (cfg, RunDir(out))
         }
         None => {
@@ -344,14 +343,8 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
         interrupt: &interrupt,
         crash_after: a.crash_after_steps,
     };
-    let outcome = match adapt(&cfg, &sam, dataset.as_ref(), &run, &ctl) {
-        Ok(o) => o,
-        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-            eprintln!("{e}");
-            std::process::exit(130);
-        }
-        Err(e) => return Err(e),
-    };
+    let terminal = Terminal::default();
+    let outcome = Trainer::new(&cfg, &sam, dataset.as_ref(), &run, &terminal)?.fit(&ctl)?;
     eprintln!("|        | mIoU  | Dice  |");
     eprintln!("|--------|-------|-------|");
     eprintln!(

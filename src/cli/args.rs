@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 
+use super::choice::{choice, default_name};
+use crate::adapt::config::DataConfig;
 use crate::data::corrupt::Corruption;
 use crate::data::corrupted::{Corrupted, CorruptionSpec};
 use crate::data::datasets::{self, DatasetSpec};
@@ -20,7 +22,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// The model type; detected from the checkpoint when not given.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<ModelType>())]
     pub model_type: Option<ModelType>,
     /// LoRA adapter to apply.
     #[arg(long)]
@@ -28,7 +30,7 @@ pub struct ModelArgs {
     /// Model input size (default: the checkpoint's); position tables are interpolated.
     #[arg(long)]
     pub image_size: Option<usize>,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     pub device: DeviceKind,
 }
 
@@ -59,14 +61,14 @@ pub struct DatasetArgs {
     #[arg(long)]
     pub mask_threshold: Option<u8>,
     /// Instance extraction: every distinct mask value, or every connected component.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<InstanceMode>())]
     pub instances: Option<InstanceMode>,
     /// Corrupt every image on load with one of the 15 COCO-C corruptions (`--dataset coco-c`
     /// is COCO with a corruption).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Corruption>())]
     pub corruption: Option<Corruption>,
     /// Severity of the corruption, 1 to 5.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = DataConfig::default().severity)]
     pub severity: u8,
 }
 

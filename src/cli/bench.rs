@@ -11,6 +11,7 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
+use super::choice::{choice, default_name};
 use crate::adapt::config::AdaptConfig;
 use crate::adapt::optim::Adam;
 use crate::adapt::step::{batch_gradients, StepModels};
@@ -36,7 +37,7 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pass: Pass,
-    #[arg(long, value_enum, default_value = "vit-b")]
+    #[arg(long, value_parser = choice::<ModelType>(), default_value = "vit-b")]
     model_type: ModelType,
     /// Model input size (position tables interpolated when not the checkpoint's 1024).
     #[arg(long, default_value_t = 1024)]
@@ -49,7 +50,7 @@ pub struct BenchArgs {
     instances: usize,
     #[arg(long)]
     json: bool,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     device: DeviceKind,
 }
 

@@ -7,9 +7,11 @@ use anyhow::bail;
 use image::{DynamicImage, GrayImage, Luma};
 
 use super::args::DatasetArgs;
+use super::progress::Terminal;
 use crate::data::loader::{default_chunk, load_parallel};
 use crate::data::Split;
 use crate::profile::Profile;
+use crate::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct CorruptArgs {
@@ -26,10 +28,11 @@ pub fn run(a: CorruptArgs) -> anyhow::Result<()> {
     }
     let ds = a.data.open(a.data.options(Profile::Sam))?;
     let records = ds.records(Split::All);
-    let bar = super::progress_bar(records.len() as u64, "corrupt");
+    let bar = Terminal::default();
+    bar.begin("corrupt", records.len(), 0);
     let mut written = 0;
     for (record, sample) in load_parallel(ds.as_ref(), &records, default_chunk()) {
-        bar.inc(1);
+        bar.advance("");
         let sample = match sample {
             Ok(s) => s,
             Err(e) => {
@@ -57,7 +60,7 @@ pub fn run(a: CorruptArgs) -> anyhow::Result<()> {
         )?;
         written += 1;
     }
-    bar.finish_and_clear();
+    bar.end(true);
     for (split, name) in [
         (Split::Train, "train"),
         (Split::Val, "val"),

@@ -7,6 +7,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::choice::choice;
 use crate::data::datasets::{self, DatasetSpec};
 use crate::data::loader::{default_chunk, load_parallel};
 use crate::data::{mask, Dataset, DatasetOptions, FileIssue, InstanceMode, Record, Split};
@@ -37,7 +38,7 @@ struct CheckArgs {
     #[arg(long)]
     mask_threshold: Option<u8>,
     /// Instance extraction; default: the dataset's own rule.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<InstanceMode>())]
     instances: Option<InstanceMode>,
     /// k of the k:1 interleaved train:test split; default: the dataset's reference value.
     #[arg(long)]

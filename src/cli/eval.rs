@@ -5,11 +5,15 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::args::{DatasetArgs, ModelArgs};
+use super::choice::{choice, default_name, name};
+use super::progress::Terminal;
+use crate::adapt::config::{DataConfig, TrainConfig};
 use crate::data::loader::load_parallel;
 use crate::data::prompts::{PromptConfig, PromptKind};
 use crate::data::Split;
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::profile::Profile;
+use crate::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -18,19 +22,19 @@ pub struct EvalArgs {
     #[command(flatten)]
     data: DatasetArgs,
     /// The weak label used as prompt.
-    #[arg(long, value_enum, default_value = "box")]
+    #[arg(long, value_parser = choice::<PromptKind>(), default_value = default_name::<PromptKind>())]
     prompt: PromptKind,
-    #[arg(long, value_enum, default_value = "test")]
+    #[arg(long, value_parser = choice::<Split>(), default_value = name(&DataConfig::default().eval_split))]
     split: Split,
     /// `sam` (official preprocessing, logit > 0, scored at image resolution) or
     /// `wesam-reference` (the reference code's preprocessing and metric).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = choice::<Profile>(), default_value = default_name::<Profile>())]
     profile: Profile,
     /// Evaluate only the first N images of the split.
     #[arg(long)]
     limit: Option<usize>,
     /// Seed of the point sampling.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -78,27 +82,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             dataset.name()
         );
     }
-    let prompts = PromptConfig {
-        negatives_in_padding: a.profile == Profile::WesamReference,
-        ..Default::default()
-    };
     let cfg = EvalConfig {
-        prompt: a.prompt,
-        prompts,
-        profile: a.profile,
-        seed: a.seed,
         save_masks: a.save_masks.clone(),
+        ..EvalConfig::new(a.prompt, PromptConfig::default(), a.profile, a.seed)
     };
-    let bar = super::progress_bar(records.len() as u64, "eval");
     let chunk = crate::data::loader::default_chunk();
+    let terminal = Terminal::default();
+    terminal.begin("eval", records.len(), 0);
     let report = evaluate(
         &sam,
         lora.as_ref(),
         load_parallel(dataset.as_ref(), &records, chunk),
         &cfg,
-        &bar,
-    )?;
-    bar.finish_and_clear();
+        &terminal,
+    );
+    terminal.end(report.is_ok());
+    let report = report?;
     if let Some(p) = &a.per_instance {
         write_csv(p, &report)?;
     }

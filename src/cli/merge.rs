@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::choice::choice;
 use crate::device::DeviceKind;
 use crate::model::{Lora, ModelType, Sam};
 
@@ -11,7 +12,7 @@ pub struct MergeArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// The model type; detected from the checkpoint when not given.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<ModelType>())]
     model_type: Option<ModelType>,
     /// LoRA adapter written by wesam.
     #[arg(long)]

@@ -3,11 +3,14 @@
 mod adapt;
 mod args;
 mod bench;
+mod choice;
 mod corrupt;
 mod data;
+mod demo;
 mod eval;
 mod merge;
 mod predict;
+mod progress;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -57,16 +60,4 @@ pub fn run() -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
     }
-}
-
-/// A progress bar on standard error with position, ETA and a message.
-pub(crate) fn progress_bar(len: u64, prefix: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(prefix.to_string());
-    bar
 }

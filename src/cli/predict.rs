@@ -8,12 +8,13 @@ use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use serde::Serialize;
 
+use super::choice::{choice, default_name};
 use crate::data::mask::{binarise, check_same_size};
 use crate::data::prompts::{mask_logits, mask_to_frame};
 use crate::device::DeviceKind;
 use crate::io;
-use crate::model::transforms::{self, Frame};
-use crate::model::{Lora, ModelType, Prompts, Sam, SamConfig};
+use crate::model::transforms::Frame;
+use crate::model::{ImagePrompts, Lora, ModelType, Predictor, Sam, SamConfig};
 use crate::profile::Profile;
 
 /// Logit given to foreground (and, negated, background) pixels of a binary `--mask-input`.
@@ -26,7 +27,7 @@ pub struct PredictArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// The model type; detected from the checkpoint when not given.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<ModelType>())]
     model_type: Option<ModelType>,
     /// LoRA adapter to apply.
     #[arg(long)]
@@ -59,13 +60,13 @@ pub struct PredictArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     device: DeviceKind,
     /// Model input size (default: the checkpoint's); position tables are interpolated.
     #[arg(long)]
     image_size: Option<usize>,
     /// `sam` (official preprocessing, logit > 0) or `wesam-reference`.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = choice::<Profile>(), default_value = default_name::<Profile>())]
     profile: Profile,
 }
 
@@ -196,6 +197,7 @@ fn draw_overlay(
     out
 }
 
+/// `wesam predict`.
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let dev = args.device.open()?;
     let sam = match &args.checkpoint {
@@ -222,39 +224,28 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         bail!("give at least one prompt: --box, --point or --mask-input");
     }
 
-    let (input, frame) =
-        transforms::preprocess(&img, sam.input_size, args.profile.preprocessing(), &dev)?;
-    let embedding = sam.encode(&input, lora.as_ref())?;
-    let low = 4 * sam.embedding_size();
-    let mut prompts = Prompts::default();
-    if let Some(b) = bbox {
-        prompts.boxes = Some(Tensor::new(&[frame.map_box(b)], &dev)?);
-    }
-    if !args.points.is_empty() {
-        let coords: Vec<f32> = args
-            .points
-            .iter()
-            .flat_map(|p| <[f32; 2]>::from(frame.map_point(p[0], p[1])))
-            .collect();
-        let labels: Vec<f32> = args.points.iter().map(|p| p[2]).collect();
-        let k = labels.len();
-        let coords = Tensor::from_vec(coords, (1, k, 2), &dev)?;
-        prompts.points = Some((coords, Tensor::from_vec(labels, (1, k), &dev)?));
-    }
+    let mut predictor = Predictor::new(&sam, lora.as_ref(), args.profile.preprocessing());
+    predictor.set_image(&img)?;
+    let mut prompts = ImagePrompts {
+        bbox,
+        points: args.points.clone(),
+        mask: None,
+    };
     if let Some(m) = &args.mask_input {
         let image_path = args
             .image
             .clone()
             .unwrap_or_else(|| PathBuf::from("<generated>"));
-        prompts.masks = Some(mask_prompt(m, &image_path, &frame, low, &dev)?);
+        let low = predictor.low_res_size();
+        prompts.mask = Some(mask_prompt(m, &image_path, &predictor.frame()?, low, &dev)?);
     }
-    let (low_res, iou) = sam.decode(&embedding, &prompts, args.multimask)?;
-    let full = transforms::postprocess(&low_res, &frame)?
+    let out = predictor.predict(&prompts, args.multimask)?;
+    let full = predictor
+        .full_resolution(&out.low_res)?
         .squeeze(0)?
         .to_vec3::<f32>()?;
-    let iou = iou.squeeze(0)?.to_vec1::<f32>()?;
-
-    let (h, w) = frame.original;
+    let iou = out.iou.squeeze(0)?.to_vec1::<f32>()?;
+    let (h, w) = predictor.frame()?.original;
     let masks: Vec<MaskReport> = full
         .iter()
         .zip(&iou)
@@ -275,54 +266,72 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         .map(|m| m.index)
         .unwrap_or(0);
     let mask = GrayImage::from_fn(w as u32, h as u32, |x, y| {
-        Luma([
-            if args
-                .profile
-                .is_foreground(full[selected][y as usize][x as usize])
-            {
-                255
-            } else {
-                0
-            },
-        ])
+        let fg = args
+            .profile
+            .is_foreground(full[selected][y as usize][x as usize]);
+        Luma([if fg { 255 } else { 0 }])
     });
+    write_outputs(
+        &args,
+        &img,
+        &mask,
+        bbox,
+        &out.low_res.get(0)?.get(selected)?,
+    )?;
+    print_report(
+        &args,
+        &Report {
+            image: image_name,
+            width: w,
+            height: h,
+            masks,
+            selected,
+        },
+    )
+}
+
+/// Writes the mask, the overlay and the low-resolution logits where asked.
+fn write_outputs(
+    args: &PredictArgs,
+    img: &RgbImage,
+    mask: &GrayImage,
+    bbox: Option<[f32; 4]>,
+    logits: &Tensor,
+) -> anyhow::Result<()> {
     if let Some(p) = &args.out {
         io::write_image(p, &DynamicImage::ImageLuma8(mask.clone()))?;
     }
     if let Some(p) = &args.overlay {
         io::write_image(
             p,
-            &DynamicImage::ImageRgb8(draw_overlay(&img, &mask, &args, bbox)),
+            &DynamicImage::ImageRgb8(draw_overlay(img, mask, args, bbox)),
         )?;
     }
     if let Some(p) = &args.logits {
-        io::write_npy(p, &low_res.get(0)?.get(selected)?)?;
+        io::write_npy(p, logits)?;
     }
+    Ok(())
+}
 
-    let report = Report {
-        image: image_name,
-        width: w,
-        height: h,
-        masks,
-        selected,
-    };
+/// Prints the report: one JSON object, or a table and the files written.
+fn print_report(args: &PredictArgs, report: &Report) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{} ({}x{}):", report.image, w, h);
-        println!("{:>5} {:>9} {:>9}", "mask", "iou_pred", "area_px");
-        for m in &report.masks {
-            let mark = if m.index == selected { " <" } else { "" };
-            println!("{:>5} {:>9.4} {:>9}{mark}", m.index, m.iou_pred, m.area);
-        }
-        for (what, p) in [
-            ("mask", &args.out),
-            ("overlay", &args.overlay),
-            ("logits", &args.logits),
-        ] {
-            if let Some(p) = p {
-                println!("wrote {what} {}", p.display());
-            }
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    println!("{} ({}x{}):", report.image, report.width, report.height);
+    println!("{:>5} {:>9} {:>9}", "mask", "iou_pred", "area_px");
+    for m in &report.masks {
+        let mark = if m.index == report.selected { " <" } else { "" };
+        println!("{:>5} {:>9.4} {:>9}{mark}", m.index, m.iou_pred, m.area);
+    }
+    for (what, p) in [
+        ("mask", &args.out),
+        ("overlay", &args.overlay),
+        ("logits", &args.logits),
+    ] {
+        if let Some(p) = p {
+            println!("wrote {what} {}", p.display());
         }
     }
     Ok(())

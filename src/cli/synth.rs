@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::choice::choice;
 use crate::data::synth::{write_dataset, Domain, SynthConfig, SynthInfo, DEFAULT_IMAGE_SIZE};
 
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
     /// The appearance: `source`, or a target domain that shifts it.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Domain>())]
     domain: Domain,
     /// Number of images.
     #[arg(long)]

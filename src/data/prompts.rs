@@ -20,7 +20,18 @@ use crate::model::transforms::Frame;
 use crate::model::Prompts;
 
 /// Which weak label becomes the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::VariantArray,
+    strum::EnumMessage,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PromptKind {
     /// The instance's box (the annotation's where the dataset has one).

@@ -10,30 +10,16 @@
 //! seeing nothing. The weak label is the only target-domain evidence a run has, so it decides:
 //! a box trusts a mask as far as the mask covers the box (their IoU), points as far as the
 //! mask holds the positive points and leaves out the negative ones. An empty mask gets no
-//! trust. Measured on the synthetic tuning domains (camouflage 51, fog 52, low contrast 53;
-//! the bundled source model, box prompts), the box IoU of the source model's masks correlates
-//! with their ground-truth IoU at 0.81–0.87 per instance, the IoU of their bounding box with
-//! the prompt box at only 0.17–0.53: a camouflaged object's scattered mask spans its box but
-//! fills little of it.
+//! trust. Why the box IoU and not the IoU of the mask's bounding box: measured in
+//! `docs/method.md` §8.1.
 //!
 //! **The agreement.** Selection compares one model with another on the same images, so what
 //! matters is that the score moves the way the ground truth does. The box IoU rewards a mask
 //! that grows into the box's corners, which a tight box says nothing about. A tight box tells
 //! two things only: the object lies inside it, and it reaches each of its four sides. The
 //! agreement scores exactly those: the fraction of the mask inside the box times the IoU of
-//! the box with the bounding box of the mask's part inside it. From the source model to a box
-//! run's last epoch (the suite's setting; adaptation splits of the synthetic tuning domains,
-//! the suite's clutter and low contrast, CVC-ClinicDB), in points of the split's mean:
-//!
-//! | split | ground-truth IoU | box IoU | agreement |
-//! |---|---|---|---|
-//! | noise (seed 54) | −0.25 | +0.35 | −0.79 |
-//! | blur (seed 55) | −0.70 | −0.69 | −1.08 |
-//! | CVC-ClinicDB | −0.35 | −0.01 | −0.36 |
-//! | clutter | +0.03 | +0.35 | −0.16 |
-//! | fog (seed 52) | +6.32 | +9.55 | +3.26 |
-//! | low contrast | +15.01 | +18.48 | +8.90 |
-//! | camouflage (seed 51) | +19.74 | +24.54 | +11.15 |
+//! the box with the bounding box of the mask's part inside it. How it moves against the
+//! ground truth, split by split: `docs/method.md` §8.2.
 
 use crate::data::prompts::FramePrompts;
 

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::prompts::{make_prompts, mask_to_frame, PromptConfig, PromptKind};
 use crate::data::{FileIssue, Record, Sample};
 use crate::model::ops::{resize_2d, Interpolation};
-use crate::model::transforms::{self, Frame};
-use crate::model::{Lora, Sam};
+use crate::model::transforms::Frame;
+use crate::model::{Lora, Predictor, Sam};
 use crate::profile::Profile;
+use crate::progress::Progress;
 use agreement::weak_label_agreement;
 use metrics::{InstanceScore, MeanScores};
 
@@ -33,6 +34,22 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Where to write predicted masks and overlays, if anywhere.
     pub save_masks: Option<PathBuf>,
+}
+
+impl EvalConfig {
+    /// An evaluation with `prompt` weak labels drawn as `prompts` says, under `profile`. The
+    /// reference profile's evaluation also draws negative points in the padding, as its code
+    /// does; this is the one place that rule is applied.
+    pub fn new(prompt: PromptKind, mut prompts: PromptConfig, profile: Profile, seed: u64) -> Self {
+        prompts.negatives_in_padding |= profile == Profile::WesamReference;
+        Self {
+            prompt,
+            prompts,
+            profile,
+            seed,
+            save_masks: None,
+        }
+    }
 }
 
 /// One instance's scores, for `--per-instance`.
@@ -109,13 +126,9 @@ pub fn predict_and_score(
     sample: &Sample,
     cfg: &EvalConfig,
 ) -> Result<Prediction> {
-    let dev = sam.device.clone();
-    let (input, frame) = transforms::preprocess(
-        &sample.image,
-        sam.input_size,
-        cfg.profile.preprocessing(),
-        &dev,
-    )?;
+    let mut predictor = Predictor::new(sam, lora, cfg.profile.preprocessing());
+    predictor.set_image(&sample.image)?;
+    let frame = predictor.frame()?;
     let mut rng = StdRng::seed_from_u64(image_seed(cfg.seed, &sample.id));
     let weak_labels = make_prompts(
         &sample.instances,
@@ -124,10 +137,9 @@ pub fn predict_and_score(
         &cfg.prompts,
         &mut rng,
     );
-    let low = 4 * sam.embedding_size();
-    let prompts = weak_labels.to_model(low, cfg.prompts.coarse_mask_logit, &dev)?;
-    let embedding = sam.encode(&input, lora)?;
-    let (low_res, _) = sam.decode(&embedding, &prompts, false)?;
+    let low = predictor.low_res_size();
+    let prompts = weak_labels.to_model(low, cfg.prompts.coarse_mask_logit, &sam.device)?;
+    let low_res = predictor.predict_in_frame(&prompts, false)?.low_res;
     let low_masks: Vec<f32> = low_res
         .to_dtype(DType::F32)?
         .flatten_all()?
@@ -141,7 +153,7 @@ pub fn predict_and_score(
         .collect();
     let (preds, gts): (Vec<GrayImage>, Vec<GrayImage>) = match cfg.profile {
         Profile::Sam => {
-            let full = transforms::postprocess(&low_res, &frame)?.squeeze(1)?;
+            let full = predictor.full_resolution(&low_res)?.squeeze(1)?;
             (
                 binary_masks(&full, cfg.profile)?,
                 sample.instances.iter().map(|i| i.mask.clone()).collect(),
@@ -230,7 +242,7 @@ pub fn evaluate(
     lora: Option<&Lora>,
     samples: impl Iterator<Item = (Record, Result<Sample>)>,
     cfg: &EvalConfig,
-    progress: &indicatif::ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<EvalReport> {
     let start = Instant::now();
     let frozen = lora.map(Lora::frozen);
@@ -238,13 +250,13 @@ pub fn evaluate(
     let mut agreement_sum = 0.0;
     let mut report = EvalReport::default();
     for (record, sample) in samples {
-        progress.inc(1);
         let sample = match sample {
             Ok(s) if s.instances.is_empty() => {
                 report.skipped.push(FileIssue {
                     file: record.image.display().to_string(),
                     reason: "no instance".into(),
                 });
+                progress.advance("");
                 continue;
             }
             Ok(s) => s,
@@ -253,6 +265,7 @@ pub fn evaluate(
                     file: record.image.display().to_string(),
                     reason: format!("{e:#}"),
                 });
+                progress.advance("");
                 continue;
             }
         };
@@ -277,7 +290,7 @@ pub fn evaluate(
         }
         means.add_image(&scores);
         let (miou, _, _) = means.percent();
-        progress.set_message(format!("mIoU {miou:.2}"));
+        progress.advance(&format!("mIoU {miou:.2}"));
     }
     (report.miou, report.dice, report.biou) = means.percent();
     (report.images, report.instances) = (means.images, means.instances);

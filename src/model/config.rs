@@ -28,14 +28,21 @@ pub struct SamConfig {
 }
 
 /// The official model types of the SAM registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::VariantArray,
+    strum::EnumMessage,
+    Serialize,
+    Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelType {
-    #[value(alias = "vit_b")]
     VitB,
-    #[value(alias = "vit_l")]
     VitL,
-    #[value(alias = "vit_h")]
     VitH,
 }
 

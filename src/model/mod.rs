@@ -13,6 +13,7 @@ pub mod image_encoder;
 pub mod lora;
 pub mod mask_decoder;
 pub mod ops;
+pub mod predictor;
 pub mod prompt_encoder;
 pub mod recompute;
 pub mod transformer;
@@ -28,6 +29,7 @@ use candle_nn::VarBuilder;
 pub use checkpoint::StateDict;
 pub use config::{ModelType, SamConfig};
 pub use lora::{Lora, LoraConfig};
+pub use predictor::{ImagePrompts, Predictor};
 pub use prompt_encoder::Prompts;
 
 use image_encoder::ImageEncoder;

@@ -13,15 +13,13 @@ use crate::data::synth::{write_dataset, Domain, SynthConfig, DEFAULT_IMAGE_SIZE}
 
 /// The bundled source model: weights with the official key names and the configuration in their
 /// metadata, built into the binary so that an installed `wesam` needs no file beside it.
-pub const SOURCE_MODEL: &[u8] = include_bytes!("../models/source-synth.safetensors");
+pub const SOURCE_MODEL: &[u8] = include_bytes!("../../models/source-synth.safetensors");
 
 /// The configuration of the synthetic suite (`configs/synth.toml`), which the demo follows.
-const SYNTH_CONFIG: &str = include_str!("../configs/synth.toml");
+const SYNTH_CONFIG: &str = include_str!("../../configs/synth.toml");
 
 /// The demo's target domain: the source scenes under fog, a shift that costs the bundled model
-/// about 30 mIoU with boxes and of which the demo's minute of adaptation recovers about a
-/// quarter. The benchmark's larger gains, on camouflage and low contrast, start from a model
-/// that is nearly blind there (README, "Domain-shift benchmark").
+/// mIoU that a minute of adaptation partly recovers (figures: `docs/benchmark.md`).
 pub const DOMAIN: Domain = Domain::Fog;
 
 /// Images generated for the demo (70% adapted on, 20% evaluated).

@@ -1,0 +1,76 @@
+//! What a training run tells whoever watches it: progress through [`Progress`], and the
+//! [`Event`]s a user should read (the starting model's scores, each epoch's summary, skipped
+//! files). The library only describes them; the `wesam` command prints them.
+
+use std::fmt;
+
+use super::metrics::EpochRow;
+use crate::data::FileIssue;
+use crate::eval::EvalReport;
+use crate::progress::{Progress, Silent};
+
+/// Receives a run's progress and events.
+pub trait Observer: Progress {
+    /// Something the user should know happened.
+    fn event(&self, _event: &Event) {}
+}
+
+impl Observer for Silent {}
+
+/// A thing worth telling while a run goes on; `Display` words it for a person.
+pub enum Event<'a> {
+    /// The run continues from its checkpoint.
+    Resumed { epoch: usize, step: usize },
+    /// The starting model's scores on the evaluation split.
+    Direct(&'a EvalReport),
+    /// The starting model's agreement with the adaptation split's weak labels.
+    DirectAgreement(f64),
+    /// An evaluation skipped a file.
+    EvalSkipped { what: &'a str, issue: &'a FileIssue },
+    /// A training image could not be loaded and was left out of its step.
+    TrainSkipped { file: String, error: String },
+    /// A step's loss was not finite; the step was skipped.
+    NonFinite { loss: f64, step: usize },
+    /// An epoch ended: its row, and what the selection score measures, if there is one.
+    Epoch {
+        row: &'a EpochRow,
+        selection: Option<&'static str>,
+    },
+}
+
+impl fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Resumed { epoch, step } => write!(f, "resuming at epoch {epoch}, step {step}"),
+            Event::Direct(r) => write!(
+                f,
+                "direct: mIoU {:.2}, Dice {:.2} on {} images",
+                r.miou, r.dice, r.images
+            ),
+            Event::DirectAgreement(a) => write!(f, "direct: weak-label agreement {a:.2}"),
+            Event::EvalSkipped { what, issue } => {
+                write!(
+                    f,
+                    "warning: {what}: skipped {}: {}",
+                    issue.file, issue.reason
+                )
+            }
+            Event::TrainSkipped { file, error } => write!(f, "warning: skipped {file}: {error}"),
+            Event::NonFinite { loss, step } => write!(
+                f,
+                "warning: non-finite loss ({loss}) at step {step}: step skipped"
+            ),
+            Event::Epoch { row, selection } => {
+                write!(
+                    f,
+                    "epoch {}: {}, {} skipped; eval mIoU {:.2}, Dice {:.2}",
+                    row.epoch, row.losses, row.skipped_steps, row.eval.miou, row.eval.dice
+                )?;
+                match (selection, row.selection) {
+                    (Some(what), Some(v)) => write!(f, "; {what} {v:.2}"),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}

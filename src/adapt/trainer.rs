@@ -1,0 +1,438 @@
+//! The training loop shared by `wesam adapt` and `wesam train`: [`Trainer::fit`] runs the
+//! epochs over the training split ([`Trainer::run_epoch`]: one optimiser step per batch on the
+//! objective of [`super::step`]), evaluates and selects after each ([`Trainer::end_epoch`]), and
+//! writes the kept weights ([`Trainer::finish`]). Only the run's trained variables are
+//! optimised: LoRA adapters (the reference), the mask decoder, or every weight.
+//!
+//! Data order and augmentation randomness are functions of the seed and the step alone, so a
+//! resumed run ends with the same weights as an uninterrupted one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use candle_nn::Optimizer;
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+use serde::Serialize;
+
+use super::checkpoint::{copy_vars, restore_vars, tensors_of, Checkpoint, RunState};
+use super::config::AdaptConfig;
+use super::ema::ema_update;
+use super::metrics::{write_metrics, Scores};
+use super::observer::{Event, Observer};
+use super::optim::Adam;
+use super::run_dir::RunDir;
+use super::selection::Selector;
+use super::step::batch_gradients;
+use super::trained::Trained;
+use crate::data::loader::load_parallel;
+use crate::data::{Dataset, Record};
+use crate::eval::{evaluate, EvalConfig, EvalReport};
+use crate::model::{Lora, Sam};
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub direct: Scores,
+    pub adapted: Scores,
+    /// The epoch whose weights were kept; 0 is the starting model.
+    pub kept_epoch: usize,
+    pub out: PathBuf,
+}
+
+/// Options of one invocation that are not part of the configuration.
+pub struct RunControl<'a> {
+    /// Continue the run in the directory from its checkpoint.
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to checkpoint and stop after the current step.
+    pub interrupt: &'a AtomicBool,
+    /// Stop abruptly after this many steps of this invocation, without a checkpoint (tests of
+    /// resuming after a crash).
+    pub crash_after: Option<usize>,
+}
+
+/// The run was stopped on request after a checkpoint; `--resume` continues it.
+#[derive(Debug)]
+pub struct Interrupted(pub PathBuf);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted; checkpoint saved, continue with `--resume {}`",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The random stream of one step: a function of the seed and the step alone.
+fn step_rng(seed: u64, global_step: usize) -> StdRng {
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ global_step as u64)
+}
+
+/// The order of the training records in an epoch.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed ^ (0x5eed_0000 + epoch as u64),
+    ));
+    order
+}
+
+/// A training run (self-training for `wesam adapt`, supervised for `wesam train`, as
+/// `cfg.objective` says) from `sam`, in a run directory.
+pub struct Trainer<'a> {
+    cfg: &'a AdaptConfig,
+    sam: &'a Sam,
+    dataset: &'a dyn Dataset,
+    run: &'a RunDir,
+    observer: &'a dyn Observer,
+    train: Vec<Record>,
+    eval: Vec<Record>,
+    selector: Selector,
+    trained: Trained,
+    opt: Adam,
+    /// The kept epoch's variables, when a selection keeps the best.
+    best: HashMap<String, Tensor>,
+    state: RunState,
+    /// Steps run by this invocation (for `RunControl::crash_after`).
+    steps_run: usize,
+}
+
+impl<'a> Trainer<'a> {
+    /// Checks the configuration, picks the records, makes the run directory and the trained
+    /// variables.
+    pub fn new(
+        cfg: &'a AdaptConfig,
+        sam: &'a Sam,
+        dataset: &'a dyn Dataset,
+        run: &'a RunDir,
+        observer: &'a dyn Observer,
+    ) -> Result<Self> {
+        let exponent = cfg.losses.anchor_trust_exponent;
+        if !(exponent.is_finite() && exponent > 0.0) {
+            bail!("anchor_trust_exponent must be a positive number, got {exponent}");
+        }
+        let mut train = dataset.records(cfg.data.train_split);
+        if let Some(n) = cfg.data.train_limit {
+            train.truncate(n);
+        }
+        let mut eval = dataset.records(cfg.data.eval_split);
+        if let Some(n) = cfg.data.eval_limit {
+            eval.truncate(n);
+        }
+        if train.is_empty() {
+            bail!(
+                "the {:?} split of `{}` has no images to train on",
+                cfg.data.train_split,
+                dataset.name()
+            );
+        }
+        let selector = Selector::for_run(cfg, dataset);
+        std::fs::create_dir_all(&run.0)
+            .with_context(|| format!("cannot create {}", run.0.display()))?;
+        let trained = Trained::new(cfg, sam)?;
+        let opt = Adam::new_named(trained.vars(), cfg.train.adam())?;
+        Ok(Self {
+            cfg,
+            sam,
+            dataset,
+            run,
+            observer,
+            train,
+            eval,
+            selector,
+            trained,
+            opt,
+            best: HashMap::new(),
+            state: RunState::default(),
+            steps_run: 0,
+        })
+    }
+
+    /// Runs the remaining epochs and writes the kept weights.
+    pub fn fit(mut self, ctl: &RunControl) -> Result<Outcome> {
+        if ctl.resume {
+            self.resume()?;
+        } else {
+            std::fs::write(self.run.config(), self.cfg.to_toml()?)
+                .with_context(|| format!("cannot write {}", self.run.config().display()))?;
+        }
+        if self.state.direct.is_none() {
+            self.evaluate_start()?;
+        }
+        while self.state.epoch < self.cfg.train.epochs {
+            self.run_epoch(ctl)?;
+            self.end_epoch()?;
+        }
+        self.finish()
+    }
+
+    /// Restores the variables, the optimiser, the kept weights and the state from the
+    /// checkpoint.
+    fn resume(&mut self) -> Result<()> {
+        let path = self.run.checkpoint();
+        let c = Checkpoint::load(&path, &self.sam.device)
+            .with_context(|| format!("cannot resume from {}", self.run.0.display()))?;
+        restore_vars(&self.trained.vars(), &c.params, &path)?;
+        if let Some(e) = &self.trained.ema {
+            restore_vars(&e.named_vars(), &c.ema, &path)?;
+        }
+        self.opt.load_state(&c.optim)?;
+        self.best = c.best;
+        self.state = c.state;
+        self.observer.event(&Event::Resumed {
+            epoch: self.state.epoch + 1,
+            step: self.state.step_in_epoch,
+        });
+        Ok(())
+    }
+
+    /// Scores the starting model (and, under the weak-label selection, keeps it as the best so
+    /// far).
+    fn evaluate_start(&mut self) -> Result<()> {
+        let report = self.eval_on(self.sam, None, &self.eval, "direct")?;
+        self.observer.event(&Event::Direct(&report));
+        self.state.direct = Some(Scores::from(&report));
+        if let Selector::WeakLabel = self.selector {
+            let model = self.trained.eval_model(self.sam);
+            let a = self.eval_on(model, None, &self.train, "weak labels")?;
+            self.observer.event(&Event::DirectAgreement(a.agreement));
+            self.state.direct_selection = Some(a.agreement);
+            self.state.best_epoch = Some(0);
+            self.state.best_score = a.agreement;
+            self.best = copy_vars(&self.trained.kept_vars())?;
+        }
+        self.write_metrics()
+    }
+
+    /// Evaluates a model with its adapters, if any, on records (no autograd graph).
+    fn eval_on(
+        &self,
+        model: &Sam,
+        lora: Option<&Lora>,
+        records: &[Record],
+        what: &str,
+    ) -> Result<EvalReport> {
+        let cfg = EvalConfig::new(
+            self.cfg.prompt,
+            self.cfg.prompts.clone(),
+            self.cfg.profile,
+            self.cfg.train.seed,
+        );
+        let frozen = lora.map(Lora::frozen);
+        self.observer.begin(what, records.len(), 0);
+        let chunk = 2 * rayon::current_num_threads();
+        let samples = load_parallel(self.dataset, records, chunk);
+        let report = evaluate(model, frozen.as_ref(), samples, &cfg, self.observer);
+        self.observer.end(report.is_ok());
+        let report = report?;
+        for issue in &report.skipped {
+            self.observer.event(&Event::EvalSkipped { what, issue });
+        }
+        Ok(report)
+    }
+
+    /// Runs the rest of the current epoch's steps, checkpointing when due or interrupted.
+    pub fn run_epoch(&mut self, ctl: &RunControl) -> Result<()> {
+        let (cfg, s) = (self.cfg, &mut self.state);
+        let batch = cfg.train.batch_size.max(1);
+        let steps_per_epoch = self.train.len().div_ceil(batch);
+        let order = epoch_order(self.train.len(), cfg.train.seed, s.epoch);
+        let what = format!("epoch {}/{}", s.epoch + 1, cfg.train.epochs);
+        self.observer.begin(&what, steps_per_epoch, s.step_in_epoch);
+        while self.state.step_in_epoch < steps_per_epoch {
+            let at = self.state.step_in_epoch * batch;
+            let records: Vec<Record> = order[at..(at + batch).min(order.len())]
+                .iter()
+                .map(|&i| self.train[i].clone())
+                .collect();
+            let step = self.step(&records);
+            if step.is_err() {
+                self.observer.end(false);
+            }
+            let status = step?;
+            self.observer.advance(&status);
+            if ctl.crash_after == Some(self.steps_run) {
+                self.observer.end(false);
+                bail!(
+                    "stopped after {} steps without a checkpoint (--crash-after-steps)",
+                    self.steps_run
+                );
+            }
+            let every = cfg.train.checkpoint_every;
+            let due = every > 0 && self.state.global_step % every == 0;
+            let interrupted = ctl.interrupt.load(Ordering::SeqCst);
+            if due || interrupted {
+                self.save_checkpoint()?;
+            }
+            if interrupted {
+                self.observer.end(false);
+                return Err(Interrupted(self.run.0.clone()).into());
+            }
+        }
+        self.observer.end(true);
+        Ok(())
+    }
+
+    /// One optimiser step on a batch; returns a status line for the progress display.
+    fn step(&mut self, records: &[Record]) -> Result<String> {
+        let cfg = self.cfg;
+        let mut samples = Vec::with_capacity(records.len());
+        let chunk = cfg.train.batch_size.max(1);
+        for (record, sample) in load_parallel(self.dataset, records, chunk) {
+            match sample {
+                Ok(x) => samples.push(x),
+                Err(e) => self.observer.event(&Event::TrainSkipped {
+                    file: record.image.display().to_string(),
+                    error: format!("{e:#}"),
+                }),
+            }
+        }
+        let s = &mut self.state;
+        let lr = cfg.train.schedule.lr(cfg.train.lr, s.global_step);
+        let mut rng = step_rng(cfg.train.seed, s.global_step);
+        // The EMA teacher is not trained: it runs on detached views of its weights.
+        let ema_view = self.trained.ema.as_ref().map(Lora::frozen);
+        let models = self.trained.step_models(self.sam, ema_view.as_ref());
+        let vars: Vec<Tensor> = self
+            .trained
+            .vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let mut status = String::new();
+        match batch_gradients(cfg, models, &mut samples, &vars, &mut rng)? {
+            Some((grads, log)) if log.total.is_finite() => {
+                self.opt.set_learning_rate(lr);
+                self.opt.step(&grads)?;
+                if let (Some(e), Some(l), Some(m)) = (
+                    &self.trained.ema,
+                    &self.trained.lora,
+                    cfg.train.ema_momentum,
+                ) {
+                    ema_update(e, l, m)?;
+                }
+                s.nonfinite_in_a_row = 0;
+                s.partial.steps += 1;
+                s.partial.lr = lr;
+                s.partial.losses.add(&log);
+                status = format!("loss {:.4} lr {lr:.2e}", log.total);
+            }
+            Some((_, log)) => {
+                s.partial.skipped_steps += 1;
+                s.nonfinite_in_a_row += 1;
+                self.observer.event(&Event::NonFinite {
+                    loss: log.total,
+                    step: s.global_step,
+                });
+                if s.nonfinite_in_a_row >= cfg.train.max_nonfinite {
+                    bail!(
+                        "{} non-finite losses in a row: stopping (lower the learning rate, or check the data)",
+                        s.nonfinite_in_a_row
+                    );
+                }
+            }
+            None => s.partial.skipped_steps += 1,
+        }
+        s.step_in_epoch += 1;
+        s.global_step += 1;
+        self.steps_run += 1;
+        Ok(status)
+    }
+
+    /// Ends the epoch: evaluates, scores it for selection, logs it and checkpoints.
+    pub fn end_epoch(&mut self) -> Result<()> {
+        let model = self.trained.eval_model(self.sam);
+        let lora = self.trained.kept_lora();
+        let report = self.eval_on(model, lora, &self.eval, "eval")?;
+        let mut row = std::mem::take(&mut self.state.partial);
+        row.losses = row.losses.mean_of(row.steps);
+        row.epoch = self.state.epoch + 1;
+        row.eval = Scores::from(&report);
+        row.selection = match &self.selector {
+            Selector::Last => None,
+            Selector::EvalMiou => Some(report.miou),
+            Selector::ValMiou(records) => Some(self.eval_on(model, lora, records, "val")?.miou),
+            Selector::WeakLabel => Some(
+                self.eval_on(model, lora, &self.train, "weak labels")?
+                    .agreement,
+            ),
+        };
+        if let Some(score) = row.selection {
+            // The first scored epoch is kept; later ones only when strictly better.
+            if self.state.best_epoch.is_none() || score > self.state.best_score {
+                self.state.best_epoch = Some(row.epoch);
+                self.state.best_score = score;
+                self.best = copy_vars(&self.trained.kept_vars())?;
+            }
+        }
+        self.observer.event(&Event::Epoch {
+            row: &row,
+            selection: self.selector.label(),
+        });
+        self.state.rows.push(row);
+        self.state.epoch += 1;
+        self.state.step_in_epoch = 0;
+        self.write_metrics()?;
+        self.save_checkpoint()
+    }
+
+    /// Restores the kept weights and writes the adapters and the merged model.
+    pub fn finish(self) -> Result<Outcome> {
+        if !self.best.is_empty() {
+            restore_vars(
+                &self.trained.kept_vars(),
+                &self.best,
+                &self.run.checkpoint(),
+            )?;
+        }
+        let direct = self.state.direct.unwrap_or_default();
+        let kept_epoch = self.state.best_epoch.unwrap_or(self.state.rows.len());
+        let adapted = match kept_epoch {
+            0 => direct,
+            e => self.state.rows[e - 1].eval,
+        };
+        if let Some(l) = self.trained.kept_lora() {
+            l.save(&self.run.adapter())?;
+        }
+        self.trained
+            .eval_model(self.sam)
+            .save(&self.run.merged(), self.trained.kept_lora())?;
+        Ok(Outcome {
+            direct,
+            adapted,
+            kept_epoch,
+            out: self.run.0.clone(),
+        })
+    }
+
+    fn write_metrics(&self) -> Result<()> {
+        let s = &self.state;
+        let direct = s.direct.unwrap_or_default();
+        write_metrics(&self.run.metrics(), direct, s.direct_selection, &s.rows)
+    }
+
+    /// Writes the checkpoint: trained variables, EMA teacher, kept variables, optimiser state
+    /// and the run's state.
+    fn save_checkpoint(&self) -> Result<()> {
+        Checkpoint {
+            params: tensors_of(&self.trained.vars()),
+            ema: self
+                .trained
+                .ema
+                .as_ref()
+                .map(|e| tensors_of(&e.named_vars()))
+                .unwrap_or_default(),
+            best: self.best.clone(),
+            optim: self.opt.state()?.into_iter().collect(),
+            state: self.state.clone(),
+        }
+        .save(&self.run.checkpoint())
+    }
+}
