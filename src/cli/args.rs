@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 
-use crate::data::corrupt::Corruption;
-use crate::data::corrupted::{Corrupted, CorruptionSpec};
+use crate::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
 use crate::data::datasets::{self, DatasetSpec};
 use crate::data::{Dataset, DatasetOptions, InstanceMode};
 use crate::device::DeviceKind;
