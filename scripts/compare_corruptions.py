@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compares wesam's corruptions (src/data/corrupt.rs) with the `imagecorruptions` package.
+"""Compares wesam's corruptions (src/data/corrupt/) with the `imagecorruptions` package.
 
 Runs both on the same image and prints, per corruption and severity, the mean absolute
 difference between the two outputs (grey levels), the fraction of identical values, and each

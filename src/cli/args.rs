@@ -7,8 +7,7 @@ use candle_core::Device;
 
 use super::choice::{choice, default_name};
 use crate::adapt::config::DataConfig;
-use crate::data::corrupt::Corruption;
-use crate::data::corrupted::{Corrupted, CorruptionSpec};
+use crate::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
 use crate::data::datasets::{self, DatasetSpec};
 use crate::data::{Dataset, DatasetOptions, InstanceMode};
 use crate::device::DeviceKind;

@@ -7,10 +7,10 @@
 
 pub mod augment;
 pub mod corrupt;
-pub mod corrupted;
 pub mod datasets;
 pub mod loader;
 pub mod mask;
+mod pixel;
 pub mod prompts;
 pub mod split;
 pub mod synth;

@@ -3,22 +3,26 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::corrupt::{corrupt, Corruption};
-use super::{Dataset, FileIssue, Record, Sample, Split};
+use super::{corrupt, Corruption};
+use crate::data::{Dataset, FileIssue, Record, Sample, Split};
 
 /// Which corruption, how strong, and the seed of its randomness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorruptionSpec {
+    /// The corruption applied to every image.
     pub corruption: Corruption,
     /// 1 to 5 (the reference's COCO-C uses 5).
     pub severity: u8,
+    /// Seed of the corruption's randomness, mixed with each image's id.
     pub seed: u64,
 }
 
 /// `inner` with every image corrupted on load; each image's randomness depends on the seed and
 /// the image's id only, so the corrupted dataset is the same on every run.
 pub struct Corrupted {
+    /// The dataset whose images are corrupted.
     pub inner: Box<dyn Dataset>,
+    /// The corruption, severity and seed.
     pub spec: CorruptionSpec,
 }
 
