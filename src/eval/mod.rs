@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::prompts::{make_prompts, mask_to_frame, PromptConfig, PromptKind};
 use crate::data::{FileIssue, Record, Sample};
-use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::{self, Frame};
 use crate::model::{Lora, Sam};
+use crate::ops::resize::{resize_2d, Interpolation};
 use crate::profile::Profile;
 use agreement::weak_label_agreement;
 use metrics::{InstanceScore, MeanScores};
