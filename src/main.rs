@@ -2,14 +2,14 @@
 
 mod cli;
 
-use wesam::{adapt, data, device, eval, io, model, profile, progress};
-
 fn main() {
     keep_freed_memory();
     serial_elementwise_kernels();
     fixed_matmul_threads();
     if let Err(e) = cli::run() {
-        if e.downcast_ref::<adapt::trainer::Interrupted>().is_some() {
+        if e.downcast_ref::<wesam::adapt::trainer::Interrupted>()
+            .is_some()
+        {
             // Stopped by Ctrl-C after a checkpoint: the shell's code for an interrupt.
             eprintln!("{e}");
             std::process::exit(130);

@@ -10,7 +10,7 @@ use candle_core::{bail, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::loss_terms::LossTerms;
-use crate::model::ops::{resize_2d, Interpolation};
+use crate::ops::resize::{resize_2d, Interpolation};
 use crate::profile::Profile;
 
 /// PyTorch's `binary_cross_entropy` clamps each log term at this value.

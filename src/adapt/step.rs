@@ -21,10 +21,10 @@ use crate::data::augment::{self, Flip};
 use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts};
 use crate::data::{Instance, Sample};
 use crate::eval::agreement::anchor_trust;
-use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::predictor::{Masks, PreparedImage};
 use crate::model::transforms::Frame;
 use crate::model::{Lora, Predictor, Prompts, Sam};
+use crate::ops::resize::{resize_2d, Interpolation};
 
 /// The models one step runs. When only LoRA is trained, `anchor` and `model` are the same
 /// frozen model and the adapters carry the training.

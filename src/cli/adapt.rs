@@ -10,18 +10,18 @@ use anyhow::{bail, Context};
 use super::args::DatasetArgs;
 use super::choice::{choice, default_name};
 use super::progress::Terminal;
-use crate::adapt::config::{
+use wesam::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Selection, Trainable,
 };
-use crate::adapt::losses::AnchorWeighting;
-use crate::adapt::run_dir::RunDir;
-use crate::adapt::trainer::{RunControl, Trainer};
-use crate::data::corrupt::Corruption;
-use crate::data::prompts::PromptKind;
-use crate::data::Split;
-use crate::device::DeviceKind;
-use crate::model::{ModelType, Sam, SamConfig};
-use crate::profile::Profile;
+use wesam::adapt::losses::AnchorWeighting;
+use wesam::adapt::run_dir::RunDir;
+use wesam::adapt::trainer::{RunControl, Trainer};
+use wesam::data::corrupt::Corruption;
+use wesam::data::prompts::PromptKind;
+use wesam::data::Split;
+use wesam::device::DeviceKind;
+use wesam::model::{ModelType, Sam, SamConfig};
+use wesam::profile::Profile;
 
 #[derive(clap::Args, Debug)]
 pub struct AdaptArgs {

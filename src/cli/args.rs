@@ -6,13 +6,13 @@ use anyhow::Context;
 use candle_core::Device;
 
 use super::choice::{choice, default_name};
-use crate::adapt::config::DataConfig;
-use crate::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
-use crate::data::datasets::{self, DatasetSpec};
-use crate::data::{Dataset, DatasetOptions, InstanceMode};
-use crate::device::DeviceKind;
-use crate::model::{Lora, ModelType, Sam};
-use crate::profile::Profile;
+use wesam::adapt::config::DataConfig;
+use wesam::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
+use wesam::data::datasets::{self, DatasetSpec};
+use wesam::data::{Dataset, DatasetOptions, InstanceMode};
+use wesam::device::DeviceKind;
+use wesam::model::{Lora, ModelType, Sam};
+use wesam::profile::Profile;
 
 /// The model to run: a checkpoint, optional adapters, the input size and the device.
 #[derive(clap::Args, Debug, Clone)]

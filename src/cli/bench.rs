@@ -12,12 +12,12 @@ use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
 use super::choice::{choice, default_name};
-use crate::adapt::config::AdaptConfig;
-use crate::adapt::optim::Adam;
-use crate::adapt::step::{batch_gradients, StepModels};
-use crate::data::{Instance, Sample};
-use crate::device::DeviceKind;
-use crate::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
+use wesam::adapt::config::AdaptConfig;
+use wesam::adapt::optim::Adam;
+use wesam::adapt::step::{batch_gradients, StepModels};
+use wesam::data::{Instance, Sample};
+use wesam::device::DeviceKind;
+use wesam::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
 
 /// Which pass to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -8,10 +8,10 @@ use image::{DynamicImage, GrayImage, Luma};
 
 use super::args::DatasetArgs;
 use super::progress::Terminal;
-use crate::data::loader::{default_chunk, load_parallel};
-use crate::data::Split;
-use crate::profile::Profile;
-use crate::progress::Progress;
+use wesam::data::loader::{default_chunk, load_parallel};
+use wesam::data::Split;
+use wesam::profile::Profile;
+use wesam::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct CorruptArgs {
@@ -50,11 +50,11 @@ pub fn run(a: CorruptArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        crate::io::write_image(
+        wesam::io::write_image(
             &a.out.join(format!("images/{stem}.png")),
             &DynamicImage::ImageRgb8(sample.image),
         )?;
-        crate::io::write_image(
+        wesam::io::write_image(
             &a.out.join(format!("masks/{stem}.png")),
             &DynamicImage::ImageLuma8(ids),
         )?;
@@ -72,7 +72,7 @@ pub fn run(a: CorruptArgs) -> anyhow::Result<()> {
             .map(|r| r.id.replace(['/', '\\'], "_"))
             .collect();
         let path = a.out.join(format!("splits/{name}.txt"));
-        crate::io::write_atomically(&path, |tmp| {
+        wesam::io::write_atomically(&path, |tmp| {
             Ok(std::fs::write(tmp, stems.join("\n") + "\n")?)
         })?;
     }

@@ -8,9 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::choice::choice;
-use crate::data::datasets::{self, DatasetSpec};
-use crate::data::loader::{default_chunk, load_parallel};
-use crate::data::{mask, Dataset, DatasetOptions, FileIssue, InstanceMode, Record, Split};
+use wesam::data::datasets::{self, DatasetSpec};
+use wesam::data::loader::{default_chunk, load_parallel};
+use wesam::data::{mask, Dataset, DatasetOptions, FileIssue, InstanceMode, Record, Split};
 
 /// The `data` subcommands.
 #[derive(clap::Args, Debug)]

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::adapt::config::AdaptConfig;
-use crate::data::prompts::PromptKind;
-use crate::data::synth::{write_dataset, Domain, SynthConfig, DEFAULT_IMAGE_SIZE};
+use wesam::adapt::config::AdaptConfig;
+use wesam::data::prompts::PromptKind;
+use wesam::data::synth::{write_dataset, Domain, SynthConfig, DEFAULT_IMAGE_SIZE};
 
 /// The bundled source model: weights with the official key names and the configuration in their
 /// metadata, built into the binary so that an installed `wesam` needs no file beside it.
@@ -34,7 +34,7 @@ const SEED: u64 = 7;
 pub fn prepare(out: &Path) -> anyhow::Result<AdaptConfig> {
     let data = out.join("data");
     let model = out.join("source-model.safetensors");
-    crate::io::write_atomically(&model, |tmp| {
+    wesam::io::write_atomically(&model, |tmp| {
         std::fs::write(tmp, SOURCE_MODEL).with_context(|| format!("cannot write {}", tmp.display()))
     })?;
     let info = write_dataset(

@@ -7,13 +7,13 @@ use serde::Serialize;
 use super::args::{DatasetArgs, ModelArgs};
 use super::choice::{choice, default_name, name};
 use super::progress::Terminal;
-use crate::adapt::config::{DataConfig, TrainConfig};
-use crate::data::loader::load_parallel;
-use crate::data::prompts::{PromptConfig, PromptKind};
-use crate::data::Split;
-use crate::eval::{evaluate, EvalConfig, EvalReport};
-use crate::profile::Profile;
-use crate::progress::Progress;
+use wesam::adapt::config::{DataConfig, TrainConfig};
+use wesam::data::loader::load_parallel;
+use wesam::data::prompts::{PromptConfig, PromptKind};
+use wesam::data::Split;
+use wesam::eval::{evaluate, EvalConfig, EvalReport};
+use wesam::profile::Profile;
+use wesam::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -65,7 +65,7 @@ fn write_csv(path: &std::path::Path, report: &EvalReport) -> anyhow::Result<()> 
             r.image, r.instance, r.iou, r.dice, r.biou, r.agreement
         ));
     }
-    crate::io::write_atomically(path, |tmp| Ok(std::fs::write(tmp, text)?))
+    wesam::io::write_atomically(path, |tmp| Ok(std::fs::write(tmp, text)?))
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -86,7 +86,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         save_masks: a.save_masks.clone(),
         ..EvalConfig::new(a.prompt, PromptConfig::default(), a.profile, a.seed)
     };
-    let chunk = crate::data::loader::default_chunk();
+    let chunk = wesam::data::loader::default_chunk();
     let terminal = Terminal::default();
     terminal.begin("eval", records.len(), 0);
     let report = evaluate(

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use super::choice::choice;
-use crate::device::DeviceKind;
-use crate::model::{Lora, ModelType, Sam};
+use wesam::device::DeviceKind;
+use wesam::model::{Lora, ModelType, Sam};
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {

@@ -9,13 +9,13 @@ use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use serde::Serialize;
 
 use super::choice::{choice, default_name};
-use crate::data::mask::{binarise, check_same_size};
-use crate::data::prompts::{mask_logits, mask_to_frame};
-use crate::device::DeviceKind;
-use crate::io;
-use crate::model::transforms::Frame;
-use crate::model::{ImagePrompts, Lora, ModelType, Predictor, Sam, SamConfig};
-use crate::profile::Profile;
+use wesam::data::mask::{binarise, check_same_size};
+use wesam::data::prompts::{mask_logits, mask_to_frame};
+use wesam::device::DeviceKind;
+use wesam::io;
+use wesam::model::transforms::Frame;
+use wesam::model::{ImagePrompts, Lora, ModelType, Predictor, Sam, SamConfig};
+use wesam::profile::Profile;
 
 /// Logit given to foreground (and, negated, background) pixels of a binary `--mask-input`.
 const MASK_INPUT_LOGIT: f64 = 10.0;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::choice::choice;
-use crate::data::synth::{write_dataset, Domain, SynthConfig, SynthInfo, DEFAULT_IMAGE_SIZE};
+use wesam::data::synth::{write_dataset, Domain, SynthConfig, SynthInfo, DEFAULT_IMAGE_SIZE};
 
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {

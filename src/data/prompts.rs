@@ -15,9 +15,9 @@ use rand::{rngs::StdRng, Rng};
 use serde::{Deserialize, Serialize};
 
 use super::{mask, Instance};
-use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::Frame;
 use crate::model::Prompts;
+use crate::ops::resize::{resize_2d, Interpolation};
 
 /// Which weak label becomes the prompt.
 #[derive(

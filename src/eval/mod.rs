@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::prompts::{make_prompts, mask_to_frame, PromptConfig, PromptKind};
 use crate::data::{FileIssue, Record, Sample};
-use crate::model::ops::{resize_2d, Interpolation};
 use crate::model::transforms::Frame;
 use crate::model::{Lora, Predictor, Sam};
+use crate::ops::resize::{resize_2d, Interpolation};
 use crate::profile::Profile;
 use crate::progress::Progress;
 use agreement::weak_label_agreement;

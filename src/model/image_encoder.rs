@@ -12,103 +12,15 @@ use std::sync::Arc;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::attention::rel_pos_attention;
 use super::config::SamConfig;
+use super::layers::{Conv2d, Linear, Norm};
 use super::lora::{Lora, LoraQkv};
-use super::ops::{self, Interpolation};
-use super::recompute;
+use crate::ops::attention::rel_pos_attention;
+use crate::ops::gelu::gelu;
+use crate::ops::recompute;
+use crate::ops::resize::{resize_2d, Interpolation};
 
 const LN_EPS: f64 = 1e-6;
-
-/// A layer norm's affine parameters.
-#[derive(Debug, Clone)]
-pub struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl Norm {
-    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
-            eps,
-        })
-    }
-
-    /// Normalises the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-
-    /// Normalises the channel axis of an NCHW tensor (`LayerNorm2d`).
-    pub fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm_2d(x, &self.weight, &self.bias, self.eps)
-    }
-}
-
-/// A linear layer stored as `nn.Linear` (`weight [out, in]`, optional bias).
-#[derive(Debug, Clone)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
-            bias: Some(vb.get(out_dim, "bias")?),
-        })
-    }
-}
-
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::linear(x, &self.weight, self.bias.as_ref())
-    }
-}
-
-/// A 2-D convolution stored as `nn.Conv2d`.
-#[derive(Debug, Clone)]
-pub struct Conv2d {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    padding: usize,
-}
-
-impl Conv2d {
-    pub fn new(
-        (c_in, c_out, k): (usize, usize, usize),
-        (stride, padding, bias): (usize, usize, bool),
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let weight = vb.get((c_out, c_in, k, k), "weight")?;
-        let bias = if bias {
-            Some(vb.get(c_out, "bias")?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
-    }
-}
-
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => ops::add_bias(&y, b, 1),
-            None => Ok(y),
-        }
-    }
-}
 
 /// Relative-position table resized to `len` entries, as the official `get_rel_pos`.
 fn resized_rel_pos(table: &Tensor, len: usize) -> Result<Tensor> {
@@ -117,7 +29,7 @@ fn resized_rel_pos(table: &Tensor, len: usize) -> Result<Tensor> {
     }
     // [L, C] -> [C, L] -> linear resize of the last axis -> [len, C].
     let t = table.t()?.unsqueeze(1)?; // [C, 1, L]
-    ops::resize_2d(&t, 1, len, Interpolation::Bilinear)?
+    resize_2d(&t, 1, len, Interpolation::Bilinear)?
         .squeeze(1)?
         .t()?
         .contiguous()
@@ -325,7 +237,7 @@ impl Block {
 
     /// The MLP's hidden activations `gelu(lin1(norm2(x)))`.
     fn mlp_hidden(&self, x: &Tensor) -> Result<Tensor> {
-        ops::gelu(&self.lin1.forward(&self.norm2.forward(x)?)?)
+        gelu(&self.lin1.forward(&self.norm2.forward(x)?)?)
     }
 
     /// The block output from the attention output `a` and the block input `x`.
@@ -412,6 +324,7 @@ pub struct ImageEncoder {
 }
 
 impl ImageEncoder {
+    /// Loads the encoder from the official `image_encoder.*` keys under `vb`.
     pub fn new(cfg: &SamConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.encoder_embed_dim;
         let p = cfg.vit_patch_size;
@@ -452,7 +365,7 @@ impl ImageEncoder {
             return Ok(self.pos_embed.clone());
         }
         let t = self.pos_embed.permute((0, 3, 1, 2))?;
-        ops::resize_2d(&t, gh, gw, Interpolation::Bicubic)?.permute((0, 2, 3, 1))
+        resize_2d(&t, gh, gw, Interpolation::Bicubic)?.permute((0, 2, 3, 1))
     }
 }
 
@@ -460,7 +373,7 @@ impl ImageEncoder {
 mod tests {
     use super::*;
     use crate::model::checkpoint::random_state_dict;
-    use crate::model::test_util::max_diff;
+    use crate::ops::test_util::max_diff;
     use candle_core::{DType, Device, Var};
 
     /// The checkpointed block (two recomputed halves with their shortcut surrogates) against

@@ -13,12 +13,14 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::SamConfig;
-use super::ops::linear;
+use crate::ops::linear::linear;
 
 /// Where the adapters go and how strong they are (the reference: rank 4, scale 1, every block).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
+    /// Inner dimension of each low-rank update.
     pub rank: usize,
+    /// Factor applied to every update.
     pub scale: f64,
     /// Encoder blocks that get adapters; empty means every block.
     #[serde(default)]
@@ -46,8 +48,11 @@ pub struct LoraQkv {
     pub a_q: Tensor,
     /// `[dim, rank]`, zero at init.
     pub b_q: Tensor,
+    /// `[rank, dim]`, as `a_q` for the v slice.
     pub a_v: Tensor,
+    /// `[dim, rank]`, as `b_q` for the v slice.
     pub b_v: Tensor,
+    /// The configuration's scale, applied to both updates.
     pub scale: f64,
 }
 
@@ -74,7 +79,7 @@ impl LoraQkv {
     }
 
     /// The four matrices as one flat tensor, so that an op with a fixed number of inputs (see
-    /// [`super::recompute`]) can carry them and route their gradients back to the `Var`s.
+    /// [`crate::ops::recompute`]) can carry them and route their gradients back to the `Var`s.
     pub fn packed(&self) -> candle_core::Result<Tensor> {
         let parts = self.parts().map(|t| t.flatten_all()).into_iter();
         Tensor::cat(&parts.collect::<candle_core::Result<Vec<_>>>()?, 0)
@@ -111,6 +116,7 @@ const PARTS: [&str; 4] = ["a_q", "b_q", "a_v", "b_v"];
 
 /// All adapters of one model.
 pub struct Lora {
+    /// Rank, scale and blocks the adapters were made with (saved with them).
     pub config: LoraConfig,
     /// One entry per encoder block; `None` where the block has no adapter.
     pub blocks: Vec<Option<LoraQkv>>,

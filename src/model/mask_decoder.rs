@@ -5,9 +5,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::SamConfig;
-use super::image_encoder::{Linear, Norm};
-use super::ops;
+use super::layers::{Linear, Norm};
 use super::transformer::TwoWayTransformer;
+use crate::ops::gelu::gelu;
+use crate::ops::linear::add_bias;
 
 /// A stack of linear layers with ReLU between them (`mask_decoder.MLP`).
 #[derive(Debug, Clone)]
@@ -58,7 +59,7 @@ impl Upsample2x {
 impl Module for Upsample2x {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.conv_transpose2d(&self.weight, 0, 0, 2, 1)?;
-        ops::add_bias(&y, &self.bias, 1)
+        add_bias(&y, &self.bias, 1)
     }
 }
 
@@ -77,6 +78,7 @@ pub struct MaskDecoder {
 }
 
 impl MaskDecoder {
+    /// Loads the decoder from the official `mask_decoder.*` keys under `vb`.
     pub fn new(cfg: &SamConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let m = cfg.num_multimask_outputs + 1;
@@ -141,8 +143,8 @@ impl MaskDecoder {
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let src = src.transpose(1, 2)?.reshape((n, c, h, w))?;
         let up = self.upscale1.forward(&src)?;
-        let up = ops::gelu(&self.upscale_norm.forward_2d(&up)?)?;
-        let up = ops::gelu(&self.upscale2.forward(&up)?)?;
+        let up = gelu(&self.upscale_norm.forward_2d(&up)?)?;
+        let up = gelu(&self.upscale2.forward(&up)?)?;
         let (_, uc, uh, uw) = up.dims4()?;
         let hyper = self
             .hypernetworks

@@ -1,21 +1,19 @@
 //! The Segment Anything model, trainable in candle, split as the official code is:
 //! [`image_encoder`], [`prompt_encoder`], [`mask_decoder`] and its [`transformer`], built from a
-//! [`config::SamConfig`] (the official registry's `vit_b`/`vit_l`/`vit_h` or any smaller one).
-//! [`lora`] holds the trainable adapters, [`checkpoint`] the file formats, [`transforms`] the
-//! pre- and post-processing of images and prompts.
+//! [`config::SamConfig`] (the official registry's `vit_b`/`vit_l`/`vit_h` or any smaller one)
+//! and from the [`layers`] they share. [`lora`] holds the trainable adapters, [`checkpoint`] the
+//! file formats ([`hf`] the HuggingFace key names), [`transforms`] the pre- and post-processing
+//! of images and prompts. The kernels the layers compute with are in [`crate::ops`].
 
-pub mod attention;
 pub mod checkpoint;
 pub mod config;
-pub mod fast_math;
 pub mod hf;
 pub mod image_encoder;
+pub mod layers;
 pub mod lora;
 pub mod mask_decoder;
-pub mod ops;
 pub mod predictor;
 pub mod prompt_encoder;
-pub mod recompute;
 pub mod transformer;
 pub mod transforms;
 
@@ -48,9 +46,13 @@ pub struct TrainableModel {
 
 /// A SAM model: its three parts, its configuration and the state dict it was built from.
 pub struct Sam {
+    /// The architecture, saved with the weights.
     pub config: SamConfig,
+    /// Image to embeddings: the costly part, run once per image.
     pub image_encoder: ImageEncoder,
+    /// Points, boxes and masks to prompt tokens.
     pub prompt_encoder: PromptEncoder,
+    /// Embeddings and prompt tokens to mask logits and IoU predictions.
     pub mask_decoder: MaskDecoder,
     /// Side of the square input the model runs at (the checkpoint's `image_size` unless
     /// overridden; position tables are then interpolated).
@@ -208,17 +210,5 @@ impl Sam {
             serde_json::to_string(&self.config)?,
         )]);
         checkpoint::write_safetensors(path, &tensors, meta)
-    }
-}
-
-/// Helpers shared by the model's unit tests.
-#[cfg(test)]
-pub(crate) mod test_util {
-    use candle_core::Tensor;
-
-    /// The largest absolute element-wise difference of two tensors of one shape.
-    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 }

@@ -5,8 +5,8 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::SamConfig;
-use super::image_encoder::{Conv2d, Norm};
-use super::ops;
+use super::layers::{Conv2d, Norm};
+use crate::ops::gelu::gelu;
 
 /// Random Fourier features of normalised coordinates (`PositionEmbeddingRandom`).
 #[derive(Debug, Clone)]
@@ -100,6 +100,7 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
+    /// Loads the encoder from the official `prompt_encoder.*` keys under `vb`.
     pub fn new(cfg: &SamConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let mc = cfg.mask_in_chans;
@@ -171,9 +172,9 @@ impl PromptEncoder {
 
     fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
         let x = self.mask_conv1.forward(masks)?;
-        let x = ops::gelu(&self.mask_norm1.forward_2d(&x)?)?;
+        let x = gelu(&self.mask_norm1.forward_2d(&x)?)?;
         let x = self.mask_conv2.forward(&x)?;
-        let x = ops::gelu(&self.mask_norm2.forward_2d(&x)?)?;
+        let x = gelu(&self.mask_norm2.forward_2d(&x)?)?;
         self.mask_conv3.forward(&x)
     }
 

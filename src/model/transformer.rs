@@ -4,8 +4,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::image_encoder::{Linear, Norm};
-use super::ops;
+use super::layers::{Linear, Norm};
+use crate::ops::softmax::softmax_last_dim;
 
 const LN_EPS: f64 = 1e-5;
 
@@ -44,7 +44,7 @@ impl Attention {
         let v = self.separate_heads(&self.v_proj.forward(v)?)?;
         let (b, h, n, c) = q.dims4()?;
         let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let out = ops::softmax_last_dim(&attn)?.matmul(&v)?;
+        let out = softmax_last_dim(&attn)?.matmul(&v)?;
         let out = out.transpose(1, 2)?.reshape((b, n, h * c))?;
         self.out_proj.forward(&out)
     }
@@ -136,6 +136,7 @@ pub struct TwoWayTransformer {
 }
 
 impl TwoWayTransformer {
+    /// Loads `depth` two-way blocks of width `dim` and the final attention under `vb`.
     pub fn new(
         depth: usize,
         dim: usize,

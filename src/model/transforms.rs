@@ -9,10 +9,11 @@ use candle_core::{Device, Result, Tensor};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use super::ops::{resize_2d, Interpolation};
+use crate::ops::resize::{resize_2d, Interpolation};
 
-/// SAM's pixel mean and std on the 0-255 scale.
+/// SAM's pixel mean on the 0-255 scale, subtracted in preprocessing.
 pub const PIXEL_MEAN: [f32; 3] = [123.675, 116.28, 103.53];
+/// SAM's pixel std on the 0-255 scale, divided by in preprocessing.
 pub const PIXEL_STD: [f32; 3] = [58.395, 57.12, 57.375];
 
 /// Which preprocessing feeds the encoder.

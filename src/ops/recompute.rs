@@ -159,7 +159,7 @@ impl CustomOp2 for Recompute {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_util::max_diff;
+    use crate::ops::test_util::max_diff;
     use candle_core::DType;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -9,7 +9,9 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 
-use super::ops::{biased_softmax_in_place, softmax_with_rel_pos, sum_dim};
+use super::linear::sum_dim;
+use super::softmax::{biased_softmax_in_place, softmax_with_rel_pos};
+use super::{cpu_f32, is_cpu_f32};
 
 /// Floats per tile of scores: bounds the working memory of the CPU kernel (32 MB).
 const TILE_FLOATS: usize = 8 << 20;
@@ -26,7 +28,7 @@ pub fn rel_pos_attention(qkv: &Tensor, rh: &Tensor, rw: &Tensor, heads: usize) -
         hd: c3 / 3 / heads,
         tile_floats: TILE_FLOATS,
     };
-    if matches!(qkv.device(), Device::Cpu) && qkv.dtype() == DType::F32 {
+    if is_cpu_f32(qkv) {
         qkv.contiguous()?
             .apply_op3(&rh.contiguous()?, &rw.contiguous()?, op)
     } else {
@@ -135,12 +137,9 @@ impl RelPosAttention {
     }
 }
 
+/// A custom op's contiguous CPU input as a tensor, to run the kernel with tensor ops.
 fn tensor_of(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
-    let data = s.as_slice::<f32>()?;
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("rel-pos attention: non-contiguous input".into()))?;
-    Tensor::from_slice(&data[a..b], l.shape(), &Device::Cpu)
+    Tensor::from_slice(cpu_f32(s, l, "rel-pos attention")?, l.shape(), &Device::Cpu)
 }
 
 impl CustomOp3 for RelPosAttention {
@@ -240,7 +239,7 @@ impl CustomOp3 for RelPosAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_util::max_diff;
+    use crate::ops::test_util::max_diff;
     use candle_core::Var;
 
     #[test]
