@@ -2,7 +2,7 @@
 """Reference values of WeSAM's losses and optimiser for ``tests/losses.rs``.
 
 The reference repository cannot be imported here, so this script implements its losses from
-the method specification (``wesam-method.md`` §2, §1.3, §5.1) with PyTorch's own operations
+the method specification (``docs/method.md`` §2, §1.3, §5.1) with PyTorch's own operations
 wherever the reference uses them (``F.binary_cross_entropy``, ``F.interpolate``,
 ``F.normalize``, ``F.cosine_similarity``, ``torch.optim.Adam`` / ``AdamW``, ``LambdaLR``).
 These are the "official numbers" the Rust port is checked against.

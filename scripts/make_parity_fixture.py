@@ -470,7 +470,7 @@ def weight_gradients(
 def wesam_step_gradients(
     sam: Sam, lora: Dict[str, torch.Tensor], weak: torch.Tensor, strong: torch.Tensor, box: torch.Tensor
 ) -> Tuple[torch.Tensor, "OrderedDict[str, torch.Tensor]"]:
-    """d(WeSAM total loss)/d(LoRA) of one self-training step (method spec §1.3, `sam` profile,
+    """d(WeSAM total loss)/d(LoRA) of one self-training step (`docs/method.md` §1.3, `sam` profile,
     losses on the low-res logits, the loss functions of scripts/make_loss_fixture.py): the anchor
     (LoRA off, no graph) and the teacher on `weak`, the student on `strong`, box prompts."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-//! The two behaviours of wesam (method spec §0): `sam`, the correct use of SAM weights and a
+//! The two behaviours of wesam (`docs/method.md` §0): `sam`, the correct use of SAM weights and a
 //! clean protocol (the default), and `wesam-reference`, which reproduces the reference
 //! implementation's numbers, quirks included.
 

@@ -1,4 +1,4 @@
-//! WeSAM's losses (method spec §2) as differentiable candle functions on f32 tensors.
+//! WeSAM's losses (`docs/method.md` §2) as differentiable candle functions on f32 tensors.
 //!
 //! Every mask loss flattens all instances of one image together, so each term is one scalar per
 //! image. [`wesam_image_loss`] computes one image's terms and their weighted total (§1.3, §2.6);

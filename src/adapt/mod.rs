@@ -1,4 +1,4 @@
-//! Adaptation and training (method spec §1.3, §2, §5.1; see `docs/method.md`).
+//! Adaptation and training (`docs/method.md` §1.3, §2, §5.1).
 //!
 //! [`config`] is a run's configuration; [`losses`] holds every WeSAM loss as a differentiable
 //! candle function and the per-image objectives, whose terms travel as [`loss_terms`]; [`step`]

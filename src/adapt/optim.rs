@@ -1,4 +1,4 @@
-//! The reference's optimiser and learning-rate schedule (method spec §5.1).
+//! The reference's optimiser and learning-rate schedule (`docs/method.md` §5.1).
 //!
 //! The reference trains with `torch.optim.Adam(lr=1e-4, weight_decay=1e-4)`: weight decay as
 //! **coupled** L2 (added to the gradient), whereas candle-nn's `AdamW` decays the weights directly

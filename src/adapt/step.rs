@@ -1,5 +1,5 @@
 //! The loss of one training step and its gradients: for every image of the batch, the views,
-//! prompts and model passes of the run's objective, and its loss terms (method spec §1.3 for
+//! prompts and model passes of the run's objective, and its loss terms (`docs/method.md` §1.3 for
 //! self-training); on the CPU the images of a batch run at the same time, one per core.
 
 use anyhow::{anyhow, Result};

@@ -1,4 +1,4 @@
-//! Weak labels into SAM prompts (method spec §3): a box, points, or a coarse polygon used as a
+//! Weak labels into SAM prompts (`docs/method.md` §3): a box, points, or a coarse polygon used as a
 //! box (`coarse`) or as a box plus a mask input (`coarse-mask`).
 //!
 //! Prompts are made in the model's input frame, as the reference does after its resize and

@@ -4,7 +4,7 @@
 //! selection keeps the best epoch by (a target domain with only weak labels has no other
 //! score). They differ only for boxes; points are scored alike by both.
 //!
-//! **The trust.** The anchor loss (method spec §2.4) pulls the adapted model towards the source
+//! **The trust.** The anchor loss (`docs/method.md` §2.4) pulls the adapted model towards the source
 //! model's masks. Where the source model still sees the object that helps; where the shift
 //! blinds it (an empty or scattered mask inside the prompt box) it pulls the student towards
 //! seeing nothing. The weak label is the only target-domain evidence a run has, so it decides:

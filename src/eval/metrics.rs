@@ -1,4 +1,4 @@
-//! Segmentation metrics of one predicted instance against its ground truth (method spec §7):
+//! Segmentation metrics of one predicted instance against its ground truth (`docs/method.md` §7):
 //! IoU, Dice and boundary IoU, and their averaging: within each image first, then over images.
 
 use image::{GrayImage, Luma};

@@ -2,7 +2,7 @@
 //!
 //! Two preprocessings: the official predictor's (resize the longest side, normalise with SAM's
 //! pixel mean/std, pad bottom/right) and the reference adaptation code's ([0, 1] values without
-//! mean/std, centred padding; method spec §6.1). Both resize bilinearly with antialiasing, as
+//! mean/std, centred padding; `docs/method.md` §6.1). Both resize bilinearly with antialiasing, as
 //! torchvision's `resize` of a PIL image does.
 
 use candle_core::{Device, Result, Tensor};

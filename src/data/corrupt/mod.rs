@@ -6,57 +6,9 @@
 //! `np.uint8` cast. Randomness comes from a [`StdRng`] seeded by the caller, so a seed gives the
 //! same image on every run, but not the package's image (numpy's streams are not reproduced).
 //!
-//! | corruption | what the package does | what wesam does | expected difference |
-//! |---|---|---|---|
-//! | gaussian_noise | `x/255 + N(0, c)`, clip | same | same distribution, other noise |
-//! | shot_noise | `Poisson(x/255 · c) / c`, clip | same | same distribution, other noise |
-//! | impulse_noise | skimage salt & pepper, `amount = c` per channel value | same | same distribution, other noise |
-//! | defocus_blur | anti-aliased disk kernel, `cv2.filter2D` (reflect-101; DFT for large kernels) | same kernel, direct correlation in float64 | none measured (last-bit rounding only) |
-//! | glass_blur | skimage Gaussian (nearest), pixel "swaps" that numpy turns into copies (`a[i], a[j] = a[j], a[i]` on views), Gaussian again | same, including the copy semantics | other random offsets |
-//! | motion_blur | 1.1.2 sums shifted copies along a random angle with a one-sided Gaussian kernel (numpy, not ImageMagick as ImageNet-C did) | same shifts, kernel and float64 accumulation order | other random angle |
-//! | zoom_blur | average of `scipy.ndimage.zoom(order=1)` centre crops, float32 | same sampling (end-point aligned bilinear; like scipy, a sample whose source coordinate rounds past the last row/column is 0), float32 accumulation | none measured (rounding only) |
-//! | snow | Gaussian field, scipy zoom, threshold, motion blur, blend with a brightened grey image | same | other snow field and angle |
-//! | frost | blends with a random crop of one of five bundled frost photographs (`randint(5)`: the sixth file is never drawn), each with its own colour (e.g. a dark teal one) | blends with a procedural texture: plasma clouds plus fern-like ice needles, standardised to the photographs' average per-channel mean and spread | different texture, so per-pixel differences of tens of grey levels; similar strength (distance from clean within 6%), none of the photographs' colour variety |
-//! | fog | diamond-square plasma fractal added, renormalised by the image maximum | same algorithm (numpy's `roll` indexing) | other fractal |
-//! | brightness | skimage HSV, `V + c` | same (skimage's formulas in float64) | none (rounding only) |
-//! | contrast | `(x − mean)·c + mean` per channel | same | none (rounding only) |
-//! | elastic_transform | scipy Gaussian-smoothed uniform displacement (reflect), `map_coordinates(order=1, mode='reflect')` | same | other displacement field |
-//! | pixelate | PIL `BOX` down-scale, `NEAREST` up-scale | PIL's 22-bit fixed-point box resampling, horizontal pass first, and its accumulated-position nearest | none measured; Pillow 13 resamples images taller than about twice their width vertically first, which changes some pixels by ±1 |
-//! | jpeg_compression | PIL JPEG (libjpeg-turbo, 4:2:0) save and reload | libjpeg's lossy steps simulated (no codec): its fixed-point YCbCr, 2×2 down-sampling with alternating bias, quality-scaled Annex K tables, float DCT with libjpeg's 8·F rounding before quantisation, float IDCT, fancy (triangle) up-sampling, fixed-point YCbCr→RGB | libjpeg's integer DCT rounds a few coefficients the other way: 86–98% of values identical, Δ ≤ 0.16 |
-//!
-//! Further differences: images smaller than the package's 32-pixel minimum are accepted; pixelate
-//! keeps at least one pixel per side where PIL would fail; every non-random float step may differ
-//! from numpy in the last bit (e.g. numpy's SIMD `exp`), which the truncating cast can turn into
-//! ±1 grey level on a rare pixel.
-//!
-//! Measured against imagecorruptions 1.1.2 (numpy 2.4, scipy 1.17, scikit-image 0.26, Pillow 13,
-//! OpenCV 5.0) on skimage's 512×512 `astronaut` with `scripts/compare_corruptions.py`. `Δ` is the
-//! mean absolute difference between the two outputs in grey levels, "identical values" the
-//! fraction of equal bytes (range over severities), "− clean" each output's mean absolute
-//! distance from the clean image:
-//!
-//! | corruption | Δ, severity 1/2/3/4/5 | identical values | package − clean | wesam − clean | wesam s |
-//! |---|---|---|---|---|---|
-//! | gaussian_noise | 20.45/29.86/42.77/57.84/76.14 | 0.06–0.11 | 14.5/21.3/30.8/42.1/56.4 | 14.6/21.3/30.8/42.1/56.4 | 0.01 |
-//! | shot_noise | 20.88/30.85/41.73/58.31/68.95 | 0.19–0.46 | 15.0/22.4/30.9/44.8/55.2 | 15.0/22.4/30.9/44.7/55.2 | 0.03 |
-//! | impulse_noise | 7.52/14.82/22.08/39.67/59.58 | 0.59–0.94 | 3.8/7.6/11.5/21.7/34.4 | 3.8/7.7/11.5/21.7/34.5 | 0.01 |
-//! | defocus_blur | 0/0/0/0/0 | 1.00 | 6.7/8.4/11.6/14.2/16.7 | same | 0.06 |
-//! | glass_blur | 2.76/3.51/5.82/6.01/5.47 | 0.22–0.38 | 8.1/8.3/13.9/13.5/15.7 | 8.1/8.3/13.9/13.5/15.7 | 0.05 |
-//! | motion_blur | 2.82/3.89/5.17/6.52/7.38 | 0.18–0.35 | 9.9/14.1/18.9/23.5/26.4 | 9.9/14.2/19.1/23.8/26.7 | 0.04 |
-//! | zoom_blur | 0/0/0/0/0 | 1.00 | 22.7/26.8/29.4/32.3/34.5 | same | 0.17 |
-//! | snow | 9.74/16.43/18.03/22.66/15.83 | 0.36–0.55 | 40.6/63.1/62.6/74.2/85.3 | 40.7/63.2/62.8/74.4/85.3 | 0.03 |
-//! | frost | 18.98/30.99/37.24/38.86/41.89 | 0.02–0.14 | 60.4/72.5/78.8/76.2/79.6 | 59.5/71.1/76.7/72.6/75.4 | 0.03 |
-//! | fog | 20.52/22.79/25.80/26.75/29.90 | 0.01–0.02 | 47.7/53.0/57.2/57.5/60.3 (100 seeds) | 48.3/53.7/57.8/57.8/60.5 (100 seeds) | 0.01 |
-//! | brightness | 0/0/0/0/0 | 1.00 | 19.3/36.0/48.1/57.3/64.8 | same | 0.00 |
-//! | contrast | 0/0/0/0/0 | 1.00 | 41.7/48.7/55.6/62.6/66.0 | same | 0.00 |
-//! | elastic_transform | 9.12/11.13/13.52/15.14/17.15 | 0.17–0.22 | 7.5/9.1/11.0/12.4/14.0 | 7.5/9.1/11.0/12.3/14.0 | 0.04 |
-//! | pixelate | 0/0/0/0/0 | 1.00 | 4.1/4.8/6.0/7.3/8.4 | same | 0.00 |
-//! | jpeg_compression | 0.06/0.16/0.03/0.09/0.05 | 0.86–0.98 | 5.1/5.9/6.4/7.7/9.2 | 5.1/5.8/6.4/7.8/9.2 | 0.02 |
-//!
-//! The random corruptions' Δ compares two independent draws (seed 0 in both), so it measures
-//! the corruption's own variability, not an error; their distances from the clean image are
-//! means over 24 package seeds and 12 wesam seeds (fog: 100 each). `wesam s` is the slowest
-//! severity's time on one core of the shared 2-core build machine, 512×512.
+//! What each corruption does differently from the package, and how far the outputs are from
+//! its (measured with `scripts/compare_corruptions.py`): `docs/benchmark.md`, "COCO-C
+//! corruptions against imagecorruptions".
 //!
 //! This file holds [`Corruption`] and the [`corrupt`] dispatch; the corruptions live by family in
 //! `noise`, `blur`, `weather`, `digital` and `jpeg`, on the float image of `field` and the shared
