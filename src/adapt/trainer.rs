@@ -266,7 +266,7 @@ impl<'a> Trainer<'a> {
                 );
             }
             let every = cfg.train.checkpoint_every;
-            let due = every > 0 && self.state.global_step % every == 0;
+            let due = every > 0 && self.state.global_step.is_multiple_of(every);
             let interrupted = ctl.interrupt.load(Ordering::SeqCst);
             if due || interrupted {
                 self.save_checkpoint()?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::args::DatasetArgs;
-use super::choice::{choice, default_name};
+use super::choice::{choice, default_name, name};
 use super::progress::Terminal;
 use wesam::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Selection, Trainable,
@@ -264,7 +264,9 @@ fn refuse_existing_run(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
+/// The run's configuration and directory: a resumed run's own, the demo's, or a new run's from
+/// the flags (never an existing run's directory).
+fn configure_run(a: &AdaptArgs, objective: Objective) -> anyhow::Result<(AdaptConfig, RunDir)> {
     let command = match objective {
         Objective::SelfTraining => "adapt",
         Objective::Supervised => "train",
@@ -284,30 +286,32 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("runs/adapt-demo-{}", utc_stamp())));
             refuse_existing_run(&out)?;
-            let cfg = resolve(&a, objective, Some(super::demo::prepare(&out)?))?;
+            let cfg = resolve(a, objective, Some(super::demo::prepare(&out)?))?;
             (cfg, RunDir(out))
         }
         None => {
-            let cfg = resolve(&a, objective, None)?;
+            let cfg = resolve(a, objective, None)?;
             if cfg.data.dataset.is_empty() {
                 bail!("give --dataset NAME|DIR (or --config FILE); see `wesam {command} --help`");
             }
-            let name = std::path::Path::new(&cfg.data.dataset)
+            let dataset = std::path::Path::new(&cfg.data.dataset)
                 .file_name()
                 .map_or(cfg.data.dataset.clone(), |n| {
                     n.to_string_lossy().into_owned()
                 });
-            let prompt = serde_json::to_value(cfg.prompt)?
-                .as_str()
-                .unwrap_or("prompt")
-                .to_string();
+            let prompt = name(&cfg.prompt);
             let out = a.out.clone().unwrap_or_else(|| {
-                PathBuf::from(format!("runs/{command}-{name}-{prompt}-{}", utc_stamp()))
+                PathBuf::from(format!("runs/{command}-{dataset}-{prompt}-{}", utc_stamp()))
             });
             refuse_existing_run(&out)?;
             (cfg, RunDir(out))
         }
     };
+    Ok((cfg, run))
+}
+
+fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
+    let (cfg, run) = configure_run(&a, objective)?;
     if cfg.objective != objective {
         bail!(
             "{} is a `wesam {}` run; resume it with that command",

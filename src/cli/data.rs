@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::choice::choice;
+use super::progress::Terminal;
 use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::loader::{default_chunk, load_parallel};
 use wesam::data::{mask, Dataset, DatasetOptions, FileIssue, InstanceMode, Record, Split};
+use wesam::progress::Progress;
 
 /// The `data` subcommands.
 #[derive(clap::Args, Debug)]
@@ -44,7 +45,7 @@ struct CheckArgs {
     #[arg(long)]
     interleave: Option<usize>,
     /// Fraction of the training split held out as the validation split.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = DatasetOptions::default().val_fraction)]
     val_fraction: f64,
     /// Load only the first N records (all splits are still counted in full).
     #[arg(long)]
@@ -98,9 +99,8 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
     let mut all = ds.records(Split::All);
     let total = all.len();
     all.truncate(a.limit.unwrap_or(total));
-    let progress = ProgressBar::new(all.len() as u64).with_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} {elapsed} (eta {eta})",
-    )?);
+    let progress = Terminal::default();
+    progress.begin("check", all.len(), 0);
     let mut report = Report {
         images: 0,
         instances: 0,
@@ -112,7 +112,7 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
         skipped: ds.index_issues(),
     };
     inspect(ds.as_ref(), &all, tiny, &mut report, &progress);
-    progress.finish_and_clear();
+    progress.end(true);
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -141,10 +141,10 @@ fn inspect(
     records: &[Record],
     tiny: usize,
     report: &mut Report,
-    progress: &ProgressBar,
+    progress: &Terminal,
 ) {
     for (record, loaded) in load_parallel(ds, records, default_chunk()) {
-        progress.inc(1);
+        progress.advance("");
         let file = record.annotation.as_ref().unwrap_or(&record.image);
         let issue = |reason: String| FileIssue {
             file: file.display().to_string(),
