@@ -5,18 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use common::{assert_close, fixture_dir, make_dataset, max_abs_diff};
 use wesam::model::{Lora, LoraConfig, Sam};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wesam-adapt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 fn adapt(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let model = fixture_dir().join("model.safetensors");
@@ -54,11 +48,12 @@ fn tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
 
 #[test]
 fn adaptation_trains_every_adapter_and_resumes_bit_for_bit() {
-    let data = tmp("data");
+    let root = common::scratch();
+    let data = root.path().join("data");
     make_dataset(&data, 8);
 
     // Uninterrupted: 2 epochs over the 7 adaptation images (6:1... folder uses 5:1 -> 7 / 1).
-    let full = tmp("full");
+    let full = root.path().join("full");
     let o = adapt(&data, &full, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -123,7 +118,7 @@ fn adaptation_trains_every_adapter_and_resumes_bit_for_bit() {
     );
 
     // Crash after 3 steps (the last checkpoint is at step 2), then resume.
-    let crashed = tmp("crashed");
+    let crashed = root.path().join("crashed");
     let o = adapt(&data, &crashed, &["--crash-after-steps", "3"]);
     assert!(!o.status.success());
     assert!(
@@ -239,9 +234,10 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
 
 #[test]
 fn a_trust_exponent_that_is_not_positive_is_refused_before_the_run_starts() {
-    let data = tmp("exponent-data");
+    let root = common::scratch();
+    let data = root.path().join("exponent-data");
     make_dataset(&data, 4);
-    let out = tmp("exponent-out");
+    let out = root.path().join("exponent-out");
     for bad in ["0", "-1", "NaN"] {
         let flag = format!("--anchor-trust-exponent={bad}");
         let o = adapt(&data, &out, &["--anchor-weighting", "weak-label", &flag]);
@@ -262,11 +258,12 @@ fn a_trust_exponent_that_is_not_positive_is_refused_before_the_run_starts() {
 /// keeps the same epoch.
 #[test]
 fn the_weak_label_selection_keeps_the_epoch_whose_masks_agree_best() {
-    let data = tmp("select-data");
+    let root = common::scratch();
+    let data = root.path().join("select-data");
     make_dataset(&data, 8);
     // At 1e-2 the adapters move the masks; at 1 they wreck them, and the start is kept.
     for lr in ["1e-2", "1"] {
-        let out = tmp(&format!("select-{lr}"));
+        let out = root.path().join(format!("select-{lr}"));
         let o = adapt(&data, &out, &["--select", "weak-label", "--lr", lr]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -334,7 +331,7 @@ fn the_weak_label_selection_keeps_the_epoch_whose_masks_agree_best() {
         // A run that crashed in its second epoch and was resumed keeps the same epoch and
         // weights (the first epoch's come back from the checkpoint).
         if lr == "1e-2" {
-            let crashed = tmp("select-crashed");
+            let crashed = root.path().join("select-crashed");
             let flags = ["--select", "weak-label", "--crash-after-steps", "10"];
             assert!(!adapt(&data, &crashed, &flags).status.success());
             let o = common::wesam(&["adapt", "--resume", crashed.to_str().unwrap(), "--json"]);

@@ -66,12 +66,11 @@ fn official_types_are_detected_from_shapes() {
 }
 
 fn write_tmp(
+    dir: &std::path::Path,
     name: &str,
     tensors: HashMap<String, Tensor>,
     with_config: bool,
 ) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("wesam-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     let mut v: Vec<_> = tensors.into_iter().collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -98,7 +97,8 @@ fn wrong_checkpoint_names_file_keys_and_shapes() {
         "image_encoder.pos_embed".into(),
         Tensor::zeros((1, 4, 4, 48), candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
-    let path = write_tmp("broken.safetensors", t, true);
+    let dir = common::scratch();
+    let path = write_tmp(dir.path(), "broken.safetensors", t, true);
     let err = match Sam::load(&path, None, None, &Device::Cpu) {
         Ok(_) => panic!("a broken checkpoint loaded"),
         Err(e) => format!("{e:#}"),
@@ -117,7 +117,12 @@ fn wrong_checkpoint_names_file_keys_and_shapes() {
 
 #[test]
 fn a_file_that_is_no_checkpoint_is_an_error_naming_it() {
-    let path = std::env::temp_dir().join(format!("wesam-not-a-model-{}.pth", std::process::id()));
+    let file = tempfile::Builder::new()
+        .prefix("wesam-not-a-model-")
+        .suffix(".pth")
+        .tempfile()
+        .unwrap();
+    let path = file.path().to_path_buf();
     std::fs::write(&path, b"hello, this is text").unwrap();
     let err = format!(
         "{:#}",
@@ -144,7 +149,8 @@ fn saved_weights_load_back_without_flags() {
         &Device::Cpu,
     )
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("wesam-save-{}", std::process::id()));
+    let root = common::scratch();
+    let dir = root.path().join("save");
     let path = dir.join("saved.safetensors");
     sam.save(&path, None).unwrap();
     assert!(
@@ -189,8 +195,8 @@ fn merged_weights_are_base_plus_ba_and_equal_the_adapted_model() {
             1e-6,
         );
     }
-    let path =
-        std::env::temp_dir().join(format!("wesam-merged-{}.safetensors", std::process::id()));
+    let dir = common::scratch();
+    let path = dir.path().join("merged.safetensors");
     sam.save(&path, Some(&lora)).unwrap();
     assert_close(
         "merged embed",

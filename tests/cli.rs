@@ -3,19 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{fixture_dir, stderr, wesam};
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wesam-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
 
 #[test]
 fn built_in_demo_runs_and_writes_its_outputs() {
-    let (mask, overlay) = (tmp("demo/mask.png"), tmp("demo/overlay.png"));
+    let root = common::scratch();
+    let (mask, overlay) = (
+        root.path().join("demo/mask.png"),
+        root.path().join("demo/overlay.png"),
+    );
     let o = wesam(&[
         "predict",
         "--out",
@@ -34,8 +30,8 @@ fn built_in_demo_runs_and_writes_its_outputs() {
 /// `--eval-split train` asks), its inputs and outputs in the run directory.
 #[test]
 fn adapt_without_a_dataset_runs_the_built_in_demo() {
-    let out = tmp("adapt-demo");
-    let _ = std::fs::remove_dir_all(&out);
+    let root = common::scratch();
+    let out = root.path().join("adapt-demo");
     let o = wesam(&[
         "adapt",
         "--epochs",
@@ -78,7 +74,8 @@ fn adapt_without_a_dataset_runs_the_built_in_demo() {
 
 #[test]
 fn predict_writes_mask_logits_and_json_for_a_checkpoint() {
-    let (mask, logits) = (tmp("mask.png"), tmp("low.npy"));
+    let root = common::scratch();
+    let (mask, logits) = (root.path().join("mask.png"), root.path().join("low.npy"));
     let model = fixture_dir().join("model.safetensors");
     let image = fixture_dir().join("image.png");
     let o = wesam(&[
@@ -131,11 +128,12 @@ fn predict_writes_mask_logits_and_json_for_a_checkpoint() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
+    let root = common::scratch();
     let model = fixture_dir().join("model.safetensors");
     let image = fixture_dir().join("image.png");
-    let not_image = tmp("not-an-image.png");
+    let not_image = root.path().join("not-an-image.png");
     std::fs::write(&not_image, b"definitely not a png").unwrap();
-    let small_mask = tmp("small-mask.png");
+    let small_mask = root.path().join("small-mask.png");
     image::GrayImage::new(10, 10).save(&small_mask).unwrap();
     let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
         (
@@ -183,7 +181,8 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn an_existing_output_survives_a_failed_run() {
-    let out = tmp("keep.png");
+    let root = common::scratch();
+    let out = root.path().join("keep.png");
     std::fs::write(&out, b"previous result").unwrap();
     let o = wesam(&[
         "predict",
@@ -200,7 +199,8 @@ fn an_existing_output_survives_a_failed_run() {
 
 #[test]
 fn corrupt_writes_a_folder_dataset_with_the_same_masks() {
-    let src = tmp("corrupt-src");
+    let root = common::scratch();
+    let src = root.path().join("corrupt-src");
     std::fs::create_dir_all(src.join("images")).unwrap();
     std::fs::create_dir_all(src.join("masks")).unwrap();
     for i in 0..3u32 {
@@ -213,7 +213,7 @@ fn corrupt_writes_a_folder_dataset_with_the_same_masks() {
             .save(src.join(format!("masks/{i}.png")))
             .unwrap();
     }
-    let out = tmp("corrupt-out");
+    let out = root.path().join("corrupt-out");
     let o = wesam(&[
         "corrupt",
         "--dataset",

@@ -1,7 +1,7 @@
 //! COCO loader: a generated dataset covering every segmentation form, the compressed RLE decoder,
 //! and (when `../shared/data` is present) the real tiny COCO val2017 subset.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::{GrayImage, RgbImage};
 use wesam::data::datasets::coco::{rle_counts_from_string, Coco};
@@ -60,11 +60,12 @@ const MASK_34: [&str; 6] = ["....####"; 6];
 const MASK_11: [&str; 3] = ["....", ".##.", ".##."];
 
 /// A fresh empty directory for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wesam-coco-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Removed with its contents when dropped: keep it bound while its path is used.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("wesam-coco-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Writes a dataset: `annotations/instances_<split>.json` and a black PNG per listed image that
@@ -130,7 +131,8 @@ fn assert_box(actual: [f32; 4], expected: [f32; 4]) {
 
 #[test]
 fn generated_dataset_splits_and_crowd() {
-    let dir = temp_dir("splits");
+    let dir_tmp = temp_dir("splits");
+    let dir = dir_tmp.path().to_path_buf();
     write_dataset(&dir, "val2017", FIXTURE_JSON);
     let ds = Coco::open(&dir, &DatasetOptions::default()).unwrap();
     // Image 2 (no annotation) and 4 (crowd only) are dropped, 11 is missing on disk.
@@ -175,7 +177,8 @@ fn generated_dataset_splits_and_crowd() {
 
 #[test]
 fn generated_dataset_masks_match_pycocotools() {
-    let dir = temp_dir("masks");
+    let dir_tmp = temp_dir("masks");
+    let dir = dir_tmp.path().to_path_buf();
     write_dataset(&dir, "val2017", FIXTURE_JSON);
     let crowd = DatasetOptions {
         include_crowd: true,
@@ -226,7 +229,8 @@ fn compressed_rle_strings_decode() {
 
 #[test]
 fn errors_name_the_file_and_annotation() {
-    let dir = temp_dir("errors");
+    let dir_tmp = temp_dir("errors");
+    let dir = dir_tmp.path().to_path_buf();
     let json = r#"{"images": [{"id": 7, "file_name": "a.png", "height": 3, "width": 4},
         {"id": 8, "file_name": "b.png", "height": 5, "width": 4},
         {"id": 9, "file_name": "c.png", "height": 5, "width": 4}],
@@ -258,7 +262,8 @@ fn errors_name_the_file_and_annotation() {
         "{err}"
     );
 
-    let empty = temp_dir("no-annotations");
+    let empty_tmp = temp_dir("no-annotations");
+    let empty = empty_tmp.path().to_path_buf();
     let err = format!(
         "{:#}",
         Coco::open(&empty, &DatasetOptions::default()).unwrap_err()

@@ -9,12 +9,13 @@ use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage};
 use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::{mask, Dataset, DatasetOptions, InstanceMode, Split};
 
-/// A fresh, empty folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wesam-datasets-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder for one test, removed with its contents when dropped: keep it bound
+/// while its path is used.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("wesam-datasets-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn parent(path: &Path) -> &Path {
@@ -112,7 +113,8 @@ fn problem_folder(root: &Path) {
 
 #[test]
 fn folder_pairs_files_decodes_instances_and_reports_the_rest() {
-    let root = scratch("folder");
+    let dir = scratch("folder");
+    let root = dir.path().to_path_buf();
     problem_folder(&root);
     let ds = open(root.to_str().unwrap(), None, DatasetOptions::default());
     assert_eq!(ids(ds.as_ref(), Split::All), ["a", "b", "c", "f"]);
@@ -149,7 +151,8 @@ fn folder_pairs_files_decodes_instances_and_reports_the_rest() {
 
 #[test]
 fn folder_splits_interleave_carve_val_or_follow_split_files() {
-    let root = scratch("splits");
+    let dir = scratch("splits");
+    let root = dir.path().to_path_buf();
     for i in 0..13 {
         image(&root.join(format!("images/{i:02}.png")), 4, 4);
         gray(&root.join(format!("masks/{i:02}.png")), 4, 4, |x, _| {
@@ -208,7 +211,8 @@ fn jpeg_mask(path: &Path, rects: &[[u32; 4]]) {
 
 #[test]
 fn kvasir_without_box_file_splits_five_to_one_into_components() {
-    let root = scratch("kvasir").join("Kvasir-SEG");
+    let dir = scratch("kvasir");
+    let root = dir.path().join("Kvasir-SEG");
     for i in 0..7 {
         image(&root.join(format!("images/p{i}.jpg")), 64, 48);
         jpeg_mask(
@@ -246,7 +250,8 @@ fn kvasir_without_box_file_splits_five_to_one_into_components() {
 
 #[test]
 fn kvasir_box_file_orders_the_split_and_claims_foreground_by_box() {
-    let root = scratch("kvasir-json");
+    let dir = scratch("kvasir-json");
+    let root = dir.path().to_path_buf();
     for id in ["c", "a", "b", "d"] {
         image(&root.join(format!("images/{id}.jpg")), 64, 48);
         jpeg_mask(
@@ -273,7 +278,8 @@ fn kvasir_box_file_orders_the_split_and_claims_foreground_by_box() {
 
 #[test]
 fn isic_finds_the_2016_2017_and_2018_layouts() {
-    let r16 = scratch("isic16");
+    let d16 = scratch("isic16");
+    let r16 = d16.path().to_path_buf();
     let (data, gt) = (
         "ISBI2016_ISIC_Part1_Training_Data",
         "ISBI2016_ISIC_Part1_Training_GroundTruth",
@@ -306,7 +312,8 @@ fn isic_finds_the_2016_2017_and_2018_layouts() {
     assert!(reason_for(ds.as_ref(), "ISIC_2.jpg").contains("line 4"));
     assert_eq!(boxes(ds.as_ref(), "ISIC_1"), [[0.0, 0.0, 3.0, 6.0]]);
 
-    let r17 = scratch("isic17");
+    let d17 = scratch("isic17");
+    let r17 = d17.path().to_path_buf();
     for (set, n) in [("Training", 3), ("Validation", 1), ("Test_v2", 2)] {
         for i in 0..n {
             image(
@@ -333,7 +340,8 @@ fn isic_finds_the_2016_2017_and_2018_layouts() {
     assert_eq!(sizes(ds.as_ref()), [3, 1, 2, 6]); // the official val, not a carved one
     assert!(ds.index_issues().is_empty(), "{:?}", ds.index_issues());
 
-    let r18 = scratch("isic18");
+    let d18 = scratch("isic18");
+    let r18 = d18.path().to_path_buf();
     for i in 0..2 {
         image(
             &r18.join(format!("ISIC2018_Task1-2_Training_Input/ISIC_{i}.jpg")),
@@ -346,7 +354,8 @@ fn isic_finds_the_2016_2017_and_2018_layouts() {
     let ds = open("isic", Some(&r18), DatasetOptions::default());
     assert_eq!(sizes(ds.as_ref()), [2, 0, 0, 2]);
 
-    let none = scratch("isic-none");
+    let none_dir = scratch("isic-none");
+    let none = none_dir.path().to_path_buf();
     let err = datasets::open(&DatasetSpec {
         name: "isic".into(),
         root: Some(none.clone()),
@@ -359,7 +368,8 @@ fn isic_finds_the_2016_2017_and_2018_layouts() {
 
 #[test]
 fn camo_keeps_pairs_of_one_size_in_the_official_split() {
-    let root = scratch("camo").join("CAMO-V.1.0-CVIU2019");
+    let dir = scratch("camo");
+    let root = dir.path().join("CAMO-V.1.0-CVIU2019");
     for (set, ids) in [
         ("Train", ["t0", "t1", "t2"].as_slice()),
         ("Test", &["s0", "s1"]),
@@ -386,7 +396,8 @@ fn camo_keeps_pairs_of_one_size_in_the_official_split() {
 
 #[test]
 fn cod10k_drops_empty_ground_truths_and_splits_four_to_one() {
-    let test = scratch("cod10k").join("COD10K-v2/Test");
+    let dir = scratch("cod10k");
+    let test = dir.path().join("COD10K-v2/Test");
     for i in 0..11 {
         image(&test.join(format!("Image/c{i:02}.jpg")), 6, 6);
         gray(
@@ -407,7 +418,8 @@ fn cod10k_drops_empty_ground_truths_and_splits_four_to_one() {
 
 #[test]
 fn chameleon_serves_every_image_in_every_split() {
-    let root = scratch("chameleon");
+    let dir = scratch("chameleon");
+    let root = dir.path().to_path_buf();
     for i in 0..3 {
         image(&root.join(format!("CHAMELEON/Imgs/a{i}.jpg")), 6, 6);
         gray(
@@ -423,7 +435,8 @@ fn chameleon_serves_every_image_in_every_split() {
 
 #[test]
 fn ocid_finds_sequences_and_drops_floor_and_table_labels() {
-    let root = scratch("ocid");
+    let dir = scratch("ocid");
+    let root = dir.path().to_path_buf();
     let table = root.join("ARID20/table/top/seq01");
     let floor = root.join("ARID10/floor/bottom/seq02");
     let labels = |x: u32| match x {
@@ -480,7 +493,8 @@ fn ocid_finds_sequences_and_drops_floor_and_table_labels() {
 
 #[test]
 fn osd_alternates_train_and_test() {
-    let root = scratch("osd").join("OSD-0.2-depth");
+    let dir = scratch("osd");
+    let root = dir.path().join("OSD-0.2-depth");
     for i in 0..5 {
         image(&root.join(format!("image_color/o{i}.png")), 4, 4);
         gray(&root.join(format!("annotation/o{i}.png")), 4, 4, |x, _| {
@@ -513,9 +527,11 @@ fn registry_errors_say_what_is_wrong() {
     let unknown = err("kvasri", None, d());
     assert!(unknown.contains("kvasir, isic, camo, cod10k, chameleon, ocid, osd, folder"));
     assert!(err("kvasir", None, d()).contains("--data-root"));
-    let missing = scratch("registry").join("nowhere");
+    let registry = scratch("registry");
+    let missing = registry.path().join("nowhere");
     assert!(err("camo", Some(missing.clone()), d()).contains(missing.to_str().unwrap()));
-    let empty = scratch("registry-empty");
+    let empty_dir = scratch("registry-empty");
+    let empty = empty_dir.path().to_path_buf();
     let no_images = err("kvasir", Some(empty.clone()), d());
     assert!(
         no_images.contains(empty.join("images").to_str().unwrap()),
@@ -557,7 +573,8 @@ fn data_check(args: &[&str]) -> (serde_json::Value, String) {
 
 #[test]
 fn data_check_reports_counts_splits_and_every_skipped_file() {
-    let root = scratch("check");
+    let dir = scratch("check");
+    let root = dir.path().to_path_buf();
     problem_folder(&root);
     let (report, _) = data_check(&["--dataset", root.to_str().unwrap(), "--json"]);
     assert_eq!(report["images"], 2); // a, b (c is empty, f does not fit its image)

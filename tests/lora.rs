@@ -90,8 +90,8 @@ fn adapter_files_round_trip_and_mismatches_are_named() {
     let dev = Device::Cpu;
     let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
     let lora = Lora::load(&fixture_dir().join("lora.safetensors"), &sam.config, &dev).unwrap();
-    let path =
-        std::env::temp_dir().join(format!("wesam-adapter-{}.safetensors", std::process::id()));
+    let dir = common::scratch();
+    let path = dir.path().join("adapter.safetensors");
     lora.save(&path).unwrap();
     let back = Lora::load(&path, &sam.config, &dev).unwrap();
     assert_eq!(back.config, lora.config);

@@ -554,7 +554,12 @@ fn exported_state_resumes_bit_for_bit() {
     let mut saved: HashMap<String, Tensor> = first.state().unwrap().into_iter().collect();
     saved.insert("param.a".into(), a1.as_tensor().clone());
     saved.insert("param.b".into(), b1.as_tensor().clone());
-    let path = std::env::temp_dir().join(format!("wesam-adam-{}.safetensors", std::process::id()));
+    let file = tempfile::Builder::new()
+        .prefix("wesam-adam-")
+        .suffix(".safetensors")
+        .tempfile()
+        .unwrap();
+    let path = file.path().to_path_buf();
     candle_core::safetensors::save(&saved, &path).unwrap();
     let loaded = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     std::fs::remove_file(&path).unwrap();

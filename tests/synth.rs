@@ -15,15 +15,6 @@ use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::synth::{render, Domain, SplitSizes};
 use wesam::data::{DatasetOptions, Split};
 
-/// A fresh directory for one test.
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("wesam-synth-{}", std::process::id()))
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 fn synth(out: &Path, domain: &str, count: usize, extra: &[&str]) -> Output {
     let (count, out) = (count.to_string(), out.to_str().unwrap().to_string());
     let mut args = vec![
@@ -127,13 +118,14 @@ fn a_scene_depends_on_the_seed_and_index_only() {
 
 #[test]
 fn the_command_writes_the_same_bytes_twice() {
-    let (a, b) = (tmp("same-a"), tmp("same-b"));
+    let root = common::scratch();
+    let (a, b) = (root.path().join("same-a"), root.path().join("same-b"));
     for dir in [&a, &b] {
         let o = synth(dir, "fog", 3, &["--seed", "9"]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     assert_eq!(files(&a), files(&b));
-    let c = tmp("same-c");
+    let c = root.path().join("same-c");
     assert!(synth(&c, "fog", 3, &["--seed", "10"]).status.success());
     assert_ne!(files(&a), files(&c));
 }
@@ -182,7 +174,8 @@ fn every_domain_keeps_the_source_scene() {
 
 #[test]
 fn the_dataset_opens_with_the_folder_loader() {
-    let dir = tmp("dataset");
+    let root = common::scratch();
+    let dir = root.path().join("dataset");
     let o = synth(&dir, "clutter", 10, &["--seed", "4", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("10 clutter images"), "{}", stderr(&o));
@@ -243,7 +236,8 @@ fn splits_are_seventy_ten_twenty_with_a_test_image() {
 
 #[test]
 fn an_earlier_dataset_is_kept_unless_forced() {
-    let dir = tmp("force");
+    let root = common::scratch();
+    let dir = root.path().join("force");
     assert!(synth(&dir, "source", 3, &[]).status.success());
     let o = synth(&dir, "noise", 2, &[]);
     assert!(!o.status.success());
@@ -269,7 +263,8 @@ fn bad_arguments_are_clear_errors() {
         (vec!["--count", "2", "--image-size", "8"], "--image-size"),
         (vec!["--count", "2", "--domain", "snow"], "snow"),
     ] {
-        let dir = tmp("bad");
+        let root = common::scratch();
+        let dir = root.path().join("bad");
         let mut full = vec!["synth", "--out", dir.to_str().unwrap()];
         if !args.contains(&"--domain") {
             full.extend(["--domain", "source"]);
@@ -281,8 +276,8 @@ fn bad_arguments_are_clear_errors() {
         assert!(err.contains(want) && !err.contains("panicked"), "{err}");
     }
     // An output path under a file names the directory it cannot create.
-    let file = tmp("a-file");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let root = common::scratch();
+    let file = root.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let o = synth(&file.join("out"), "source", 1, &[]);
     assert!(!o.status.success());

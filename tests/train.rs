@@ -5,18 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use candle_core::{Device, Tensor};
 use common::{assert_close, fixture_dir, make_dataset, max_abs_diff, stderr, wesam};
 use wesam::model::{Sam, SamConfig};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wesam-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 /// `wesam train` on `data` into `out` with box prompts and low-resolution losses.
 fn train(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Output {
@@ -46,7 +40,8 @@ fn tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
 
 #[test]
 fn decoder_training_changes_only_the_decoder_and_resumes_bit_for_bit() {
-    let data = tmp("data-decoder");
+    let root = common::scratch();
+    let data = root.path().join("data-decoder");
     make_dataset(&data, 8);
     let model = fixture_dir().join("model.safetensors");
     let model = model.to_str().unwrap();
@@ -59,7 +54,7 @@ fn decoder_training_changes_only_the_decoder_and_resumes_bit_for_bit() {
         "1e-2",
     ];
 
-    let full = tmp("decoder-full");
+    let full = root.path().join("decoder-full");
     let o = train(&data, &full, "2", &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -87,7 +82,7 @@ fn decoder_training_changes_only_the_decoder_and_resumes_bit_for_bit() {
     }
 
     // Crash after 3 steps (last checkpoint at step 2), resume: the same weights, bit for bit.
-    let crashed = tmp("decoder-crashed");
+    let crashed = root.path().join("decoder-crashed");
     let mut crash_args = args.to_vec();
     crash_args.extend(["--crash-after-steps", "3"]);
     let o = train(&data, &crashed, "2", &crash_args);
@@ -106,10 +101,11 @@ fn decoder_training_changes_only_the_decoder_and_resumes_bit_for_bit() {
 /// `--train-names`: exactly the weights whose official names contain one of the strings change.
 #[test]
 fn named_training_changes_only_the_named_weights() {
-    let data = tmp("data-named");
+    let root = common::scratch();
+    let data = root.path().join("data-named");
     make_dataset(&data, 4);
     let model = fixture_dir().join("model.safetensors");
-    let out = tmp("named");
+    let out = root.path().join("named");
     let names = ["patch_embed", "image_encoder.blocks.0.mlp"];
     let o = train(
         &data,
@@ -166,11 +162,12 @@ num_multimask_outputs = 3
 
 #[test]
 fn training_from_scratch_learns_every_parameter_and_loads_back() {
-    let data = tmp("data-scratch");
+    let root = common::scratch();
+    let data = root.path().join("data-scratch");
     make_dataset(&data, 8);
-    let cfg_path = tmp("small.toml");
+    let cfg_path = root.path().join("small.toml");
     std::fs::write(&cfg_path, SMALL).unwrap();
-    let out = tmp("scratch");
+    let out = root.path().join("scratch");
     let o = train(
         &data,
         &out,
@@ -232,10 +229,10 @@ fn training_from_scratch_learns_every_parameter_and_loads_back() {
     assert!(unexpected.is_empty(), "{unexpected:#?}");
 }
 
-/// `wesam train` with `args` into a fresh run directory `name` fails, and its error names every
-/// one of `needles`.
-fn assert_train_fails(data: &Path, name: &str, args: &[&str], needles: &[&str]) {
-    let o = train(data, &tmp(name), "1", args);
+/// `wesam train` with `args` into a fresh run directory `name` under `root` fails, and its error
+/// names every one of `needles`.
+fn assert_train_fails(root: &Path, data: &Path, name: &str, args: &[&str], needles: &[&str]) {
+    let o = train(data, &root.join(name), "1", args);
     assert!(!o.status.success(), "{name}: {args:?} succeeded");
     let e = stderr(&o);
     assert!(needles.iter().all(|n| e.contains(n)), "{name}: {e}");
@@ -243,9 +240,16 @@ fn assert_train_fails(data: &Path, name: &str, args: &[&str], needles: &[&str]) 
 
 #[test]
 fn bad_combinations_are_clear_errors() {
-    let data = tmp("data-bad");
+    let root = common::scratch();
+    let data = root.path().join("data-bad");
     make_dataset(&data, 2);
-    assert_train_fails(&data, "bad1", &["--init", "random"], &["--model-config"]);
+    assert_train_fails(
+        root.path(),
+        &data,
+        "bad1",
+        &["--init", "random"],
+        &["--model-config"],
+    );
 
     let model = fixture_dir().join("model.safetensors");
     let model = model.to_str().unwrap();
@@ -257,10 +261,16 @@ fn bad_combinations_are_clear_errors() {
         "--ema",
         "0.9",
     ];
-    assert_train_fails(&data, "bad2", &decoder_ema, &["EMA"]);
+    assert_train_fails(root.path(), &data, "bad2", &decoder_ema, &["EMA"]);
 
     let unmatched = ["--checkpoint", model, "--train-names", "no_such_weight"];
-    assert_train_fails(&data, "bad-names", &unmatched, &["no_such_weight"]);
+    assert_train_fails(
+        root.path(),
+        &data,
+        "bad-names",
+        &unmatched,
+        &["no_such_weight"],
+    );
 
     let both = [
         "--checkpoint",
@@ -270,9 +280,15 @@ fn bad_combinations_are_clear_errors() {
         "--train-names",
         "patch_embed",
     ];
-    assert_train_fails(&data, "bad-names-all", &both, &["--train-names"]);
+    assert_train_fails(
+        root.path(),
+        &data,
+        "bad-names-all",
+        &both,
+        &["--train-names"],
+    );
 
-    let names_cfg = tmp("names.toml");
+    let names_cfg = root.path().join("names.toml");
     std::fs::write(&names_cfg, "[model]\ntrain_names = [\"patch_embed\"]\n").unwrap();
     let unnamed = [
         "--config",
@@ -280,9 +296,15 @@ fn bad_combinations_are_clear_errors() {
         "--checkpoint",
         model,
     ];
-    assert_train_fails(&data, "bad-names-cfg", &unnamed, &["\"named\""]);
+    assert_train_fails(
+        root.path(),
+        &data,
+        "bad-names-cfg",
+        &unnamed,
+        &["\"named\""],
+    );
 
-    let bad_cfg = tmp("bad.toml");
+    let bad_cfg = root.path().join("bad.toml");
     std::fs::write(&bad_cfg, SMALL.replace("encoder_depth", "encoder_dept")).unwrap();
     let random = [
         "--init",
@@ -290,5 +312,11 @@ fn bad_combinations_are_clear_errors() {
         "--model-config",
         bad_cfg.to_str().unwrap(),
     ];
-    assert_train_fails(&data, "bad3", &random, &["bad.toml", "encoder_dept"]);
+    assert_train_fails(
+        root.path(),
+        &data,
+        "bad3",
+        &random,
+        &["bad.toml", "encoder_dept"],
+    );
 }

@@ -71,11 +71,12 @@ fn id_of(c: char) -> u8 {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wesam-voc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Removed with its contents when dropped: keep it bound while its path is used.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("wesam-voc-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// `VOCdevkit/VOC2012` with masks `2007_00000{1..=9}.png` (9 has no image), a stray text file;
@@ -139,7 +140,8 @@ fn rows(mask: &GrayImage) -> Vec<String> {
 
 #[test]
 fn palette_ids_are_instances_and_the_boundary_is_background() {
-    let dir = temp_dir("ids");
+    let dir_tmp = temp_dir("ids");
+    let dir = dir_tmp.path().to_path_buf();
     let voc = write_devkit(&dir);
     let mask_path = voc.join("SegmentationObject/2007_000001.png");
     // The fixture is a real VOC-style palette PNG: the image crate sees the palette colours.
@@ -194,7 +196,8 @@ fn palette_ids_are_instances_and_the_boundary_is_background() {
 
 #[test]
 fn sorted_stems_interleaved_and_issues_reported() {
-    let dir = temp_dir("split");
+    let dir_tmp = temp_dir("split");
+    let dir = dir_tmp.path().to_path_buf();
     let voc = write_devkit(&dir);
     // The VOC2012 folder itself as the root.
     let ds = Voc::open(&voc, &DatasetOptions::default()).unwrap();
@@ -226,7 +229,8 @@ fn sorted_stems_interleaved_and_issues_reported() {
 
 #[test]
 fn errors_name_the_files() {
-    let dir = temp_dir("errors");
+    let dir_tmp = temp_dir("errors");
+    let dir = dir_tmp.path().to_path_buf();
     let voc = write_devkit(&dir);
     // A mask of the wrong size, and an RGB mask.
     RgbImage::new(3, 3)

@@ -13,6 +13,15 @@ pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
 }
 
+/// A fresh, empty scratch directory for one test, removed with everything in it when the
+/// returned guard is dropped: keep it bound for as long as its paths are used.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wesam-test-")
+        .tempdir()
+        .unwrap()
+}
+
 /// The expected inputs and outputs of `cases.safetensors`.
 pub fn cases() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture_dir().join("cases.safetensors"), &Device::Cpu).unwrap()
