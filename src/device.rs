@@ -4,19 +4,9 @@ use anyhow::bail;
 use candle_core::Device;
 
 /// A device the user can ask for; CUDA and Metal need the matching cargo feature.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    strum::VariantArray,
-    strum::EnumMessage,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum DeviceKind {
     #[default]
     Cpu,

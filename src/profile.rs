@@ -7,19 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::transforms::Preprocessing;
 
 /// Which behaviour to follow where the reference code and correct SAM usage differ.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Profile {
     #[default]
     Sam,

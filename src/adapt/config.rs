@@ -54,19 +54,9 @@ impl Default for DataConfig {
 }
 
 /// What a run optimises.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Objective {
     /// WeSAM: the weak labels are only prompts; the student learns from the teacher's
     /// pseudo-labels, held near the frozen anchor (`wesam adapt`).
@@ -79,19 +69,9 @@ pub enum Objective {
 }
 
 /// Which weights a run trains; everything else stays frozen.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Trainable {
     /// LoRA adapters on the encoder's q and v projections (the reference).
     #[default]
@@ -119,19 +99,9 @@ impl Trainable {
 }
 
 /// Where the starting weights come from.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Init {
     /// The checkpoint file.
     #[default]
@@ -168,19 +138,9 @@ impl ModelConfig {
 }
 
 /// Adam or AdamW.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum OptimizerKind {
     /// Adam with coupled L2 weight decay (the reference).
     #[default]
@@ -190,19 +150,9 @@ pub enum OptimizerKind {
 }
 
 /// Where mask losses are computed.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum LossResolution {
     /// On logits upsampled to the input size, as the reference (1024² for SAM).
     #[default]
@@ -212,19 +162,9 @@ pub enum LossResolution {
 }
 
 /// How a run chooses the weights it keeps at its end.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Selection {
     /// The profile's rule: under `wesam-reference` the best epoch on the evaluation split (the
     /// reference's code does so); under `sam` the best epoch on the validation split when

@@ -52,19 +52,9 @@ pub struct Record {
 }
 
 /// A part of a dataset.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Split {
     Train,
     Val,
@@ -80,18 +70,9 @@ pub struct FileIssue {
 }
 
 /// How instances are extracted from a mask image.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum InstanceMode {
     /// Every distinct non-zero value is one instance (the reference's `decode_mask`).
     Values,

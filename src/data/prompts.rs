@@ -20,19 +20,9 @@ use crate::model::Prompts;
 use crate::ops::resize::{resize_2d, Interpolation};
 
 /// Which weak label becomes the prompt.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum PromptKind {
     /// The instance's box (the annotation's where the dataset has one).
     #[default]

@@ -28,18 +28,9 @@ pub struct SamConfig {
 }
 
 /// The official model types of the SAM registry.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    strum::VariantArray,
-    strum::EnumMessage,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum ModelType {
     VitB,
     VitL,

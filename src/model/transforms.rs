@@ -17,19 +17,9 @@ pub const PIXEL_MEAN: [f32; 3] = [123.675, 116.28, 103.53];
 pub const PIXEL_STD: [f32; 3] = [58.395, 57.12, 57.375];
 
 /// Which preprocessing feeds the encoder.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-    Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Preprocessing {
     /// The official predictor: mean/std normalisation, bottom/right padding.
     #[default]

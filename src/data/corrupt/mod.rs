@@ -37,19 +37,9 @@ use weather::{fog, frost, snow};
 
 /// One of the 15 benchmark corruptions; CLI and serde names are the package's (`gaussian_noise`),
 /// with kebab-case aliases (`gaussian-noise`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Corruption {
     /// Additive Gaussian noise.
     #[serde(alias = "gaussian-noise")]

@@ -82,19 +82,9 @@ const CLUTTER_BLOB_EXTENT: (f32, f32) = (10.0, 20.0);
 
 /// The appearance a synthetic dataset is rendered in: the source domain a model is trained on,
 /// or a target domain it is adapted to.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::VariantArray,
-    strum::EnumMessage,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Domain {
     /// Clear textured shapes on textured backgrounds.
     Source,
