@@ -8,10 +8,13 @@ Measures one pass the way `wesam bench` does, so that the two can be compared in
                  (base weights frozen), loss = mean of squared embeddings
   step           one WeSAM self-training step as the reference runs it: a frozen anchor copy
                  and the LoRA model (teacher) on the weak view, the student on the strong view,
-                 3 box prompts, masks upsampled to the input size, the losses of
-                 scripts/make_loss_fixture.py (sam profile), backward, Adam update
-Prints one JSON object: {"impl", "model_type", "image_size", "pass", "seconds", "peak_rss_mb",
-"base_rss_mb"}; the peak is the kernel's VmHWM after resetting it, minus the RSS before the warm-up pass.
+                 --instances box prompts (3 by default, as `wesam bench step`), masks upsampled
+                 to the input size, the losses of scripts/make_loss_fixture.py (sam profile),
+                 backward, Adam update
+Prints one JSON object: {"impl", "device", "model_type", "image_size", "pass", "seconds",
+"peak_rss_mb", "base_rss_mb"}; the peak is the kernel's VmHWM after resetting it, minus the RSS
+before the warm-up pass. With --device cuda the timings synchronise the GPU and the report adds
+"peak_gpu_mb" (torch.cuda.max_memory_reserved: what the caching allocator held at most).
 """
 import argparse
 import json
@@ -60,23 +63,32 @@ class LoraQkv(nn.Module):
         return torch.cat([out[..., :dim] + dq, out[..., dim:2 * dim], out[..., 2 * dim:] + dv], dim=-1)
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def report(args, pass_, once):
     """Times `once` after a warm-up (median of --repeat runs) and prints the JSON report. The
     peak covers the warm-up too, as in `wesam bench`."""
     base = status_mb("VmRSS:")
     reset_peak()
     once()  # warm-up
+    sync(args.device)
     times = []
     for _ in range(max(1, args.repeat)):
         t = time.perf_counter()
         once()
+        sync(args.device)
         times.append(time.perf_counter() - t)
     seconds = statistics.median(times)
-    out = {"impl": f"pytorch-{torch.__version__}", "model_type": args.model_type, "image_size": args.image_size,
+    out = {"impl": f"pytorch-{torch.__version__}", "device": args.device.type, "model_type": args.model_type, "image_size": args.image_size,
            "pass": pass_, "seconds": seconds}
     if pass_ == "step":
         out["seconds_per_step"] = seconds
     out.update(peak_rss_mb=max(0.0, status_mb("VmHWM:") - base), base_rss_mb=base)
+    if args.device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_reserved(args.device) / 2**20
     print(json.dumps(out))
 
 
@@ -108,19 +120,23 @@ def step_benchmark(args):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_loss_fixture as L
 
-    size = args.image_size
-    sam = build_sam(args.model_type, size).eval()
+    size, dev = args.image_size, args.device
+    sam = build_sam(args.model_type, size).eval().to(dev)
     for p in sam.parameters():
         p.requires_grad_(False)
     anchor = copy.deepcopy(sam)  # the reference's frozen anchor copy
     for blk in sam.image_encoder.blocks:
         blk.attn.qkv = LoraQkv(blk.attn.qkv)
+    sam.to(dev)  # the adapters just added
     params = [p for p in sam.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-4)
-    weak = torch.randn(1, 3, size, size)
+    weak = torch.randn(1, 3, size, size, device=dev)
     strong = weak * 0.7 + 0.2
     s = float(size)
-    boxes = torch.tensor([[0.1, 0.2, 0.4, 0.5], [0.4, 0.3, 0.7, 0.6], [0.6, 0.5, 0.9, 0.8]]) * s
+    boxes = torch.tensor([[0.1, 0.2, 0.4, 0.5], [0.4, 0.3, 0.7, 0.6], [0.6, 0.5, 0.9, 0.8]], device=dev) * s
+    if not 1 <= args.instances <= len(boxes):
+        raise SystemExit(f"--instances must be 1 to {len(boxes)}, got {args.instances}")
+    boxes = boxes[:args.instances]
 
     def run(model, image):
         emb = model.image_encoder(image)
@@ -156,7 +172,10 @@ def main():
     ap.add_argument("--pass", dest="pass_", required=True, choices=["forward", "lora-backward", "step"])
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--instances", type=int, default=3, help="box prompts in a step's image (1-3)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     args = ap.parse_args()
+    args.device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -180,7 +199,8 @@ def main():
     if args.pass_ == "lora-backward":
         for blk in encoder.blocks:
             blk.attn.qkv = LoraQkv(blk.attn.qkv)
-    x = torch.randn(1, 3, args.image_size, args.image_size)
+    encoder.to(args.device)
+    x = torch.randn(1, 3, args.image_size, args.image_size, device=args.device)
 
     def once():
         if args.pass_ == "forward":

@@ -1,6 +1,6 @@
 //! Choosing the compute device from the command line.
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use candle_core::Device;
 
 /// A device the user can ask for; CUDA and Metal need the matching cargo feature.
@@ -15,12 +15,17 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
-    /// Opens the device, or explains which build feature is missing.
+    /// Opens the device, or says in one line why it cannot: the build feature is missing, or
+    /// the device (driver, GPU) is not there. Commands call it before touching any data.
     pub fn open(self) -> anyhow::Result<Device> {
         match self {
             DeviceKind::Cpu => Ok(Device::Cpu),
-            DeviceKind::Cuda if cfg!(feature = "cuda") => Ok(Device::new_cuda(0)?),
-            DeviceKind::Metal if cfg!(feature = "metal") => Ok(Device::new_metal(0)?),
+            DeviceKind::Cuda if cfg!(feature = "cuda") => {
+                Device::new_cuda(0).context("cannot open CUDA device 0")
+            }
+            DeviceKind::Metal if cfg!(feature = "metal") => {
+                Device::new_metal(0).context("cannot open Metal device 0")
+            }
             DeviceKind::Cuda => {
                 bail!("this wesam was built without CUDA: rebuild with `--features cuda`")
             }

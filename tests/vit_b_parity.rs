@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::{assert_close, dice_bce, max_abs};
 use wesam::model::{Lora, Prompts, Sam};
 
@@ -16,7 +16,7 @@ use wesam::model::{Lora, Prompts, Sam};
 #[ignore = "needs WESAM_VITB_FIXTURE (see the file's doc) and minutes of CPU"]
 fn vit_b_outputs_and_lora_gradients_match_official() {
     let dir = PathBuf::from(std::env::var("WESAM_VITB_FIXTURE").expect("set WESAM_VITB_FIXTURE"));
-    let dev = Device::Cpu;
+    let dev = common::device();
     let c = candle_core::safetensors::load(dir.join("cases.safetensors"), &dev).unwrap();
     let sam = Sam::load(&dir.join("model.safetensors"), None, None, &dev).unwrap();
     let lora = Lora::load(&dir.join("lora.safetensors"), &sam.config, &dev).unwrap();

@@ -12,7 +12,7 @@ use super::optim::{AdamConfig, LrSchedule};
 use crate::data::corrupt::Corruption;
 use crate::data::prompts::{PromptConfig, PromptKind};
 use crate::data::{DatasetOptions, Split};
-use crate::model::{LoraConfig, ModelType, SamConfig};
+use crate::model::{LoraConfig, ModelType, Precision, SamConfig};
 use crate::profile::Profile;
 
 /// Which data, and where.
@@ -201,6 +201,9 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// How the kept weights are chosen.
     pub selection: Selection,
+    /// What the image encoder computes in (LoRA weights, gradients, optimiser state and losses
+    /// stay f32).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -219,6 +222,7 @@ impl Default for TrainConfig {
             loss_resolution: LossResolution::Input,
             checkpoint_every: 100,
             selection: Selection::Auto,
+            precision: Precision::F32,
         }
     }
 }

@@ -20,7 +20,7 @@ use wesam::data::corrupt::Corruption;
 use wesam::data::prompts::PromptKind;
 use wesam::data::Split;
 use wesam::device::DeviceKind;
-use wesam::model::{ModelType, Sam, SamConfig};
+use wesam::model::{ModelType, Precision, Sam, SamConfig};
 use wesam::profile::Profile;
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +130,10 @@ pub struct AdaptArgs {
     json: bool,
     #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     device: DeviceKind,
+    /// What the image encoder computes in (LoRA weights, gradients, optimiser state and losses
+    /// stay f32) [default: f32].
+    #[arg(long, value_parser = choice::<Precision>())]
+    precision: Option<Precision>,
     /// Corrupt every image with one of the 15 COCO-C corruptions (`--dataset coco-c`).
     #[arg(long, value_parser = choice::<Corruption>())]
     corruption: Option<Corruption>,
@@ -200,6 +204,7 @@ fn resolve(
         eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity, anchor_weighting => losses.anchor_weighting,
         anchor_trust_exponent => losses.anchor_trust_exponent, select => train.selection,
+        precision => train.precision,
     );
     if let Some(names) = &a.train_names {
         if a.trainable.is_some_and(|t| t != Trainable::Named) {
@@ -311,6 +316,8 @@ fn configure_run(a: &AdaptArgs, objective: Objective) -> anyhow::Result<(AdaptCo
 }
 
 fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
+    // First, so that a device that cannot be opened fails before any data is written or read.
+    let dev = a.device.open()?;
     let (cfg, run) = configure_run(&a, objective)?;
     if cfg.objective != objective {
         bail!(
@@ -323,8 +330,8 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
             }
         );
     }
-    let dev = a.device.open()?;
-    let sam = starting_model(&cfg, &dev)?;
+    let mut sam = starting_model(&cfg, &dev)?;
+    sam.image_encoder.set_precision(cfg.train.precision);
     let data = DatasetArgs {
         dataset: cfg.data.dataset.clone(),
         data_root: cfg.data.data_root.clone(),

@@ -11,7 +11,7 @@ use wesam::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
 use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::{Dataset, DatasetOptions, InstanceMode};
 use wesam::device::DeviceKind;
-use wesam::model::{Lora, ModelType, Sam};
+use wesam::model::{Lora, ModelType, Precision, Sam};
 use wesam::profile::Profile;
 
 /// The model to run: a checkpoint, optional adapters, the input size and the device.
@@ -31,13 +31,17 @@ pub struct ModelArgs {
     pub image_size: Option<usize>,
     #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     pub device: DeviceKind,
+    /// What the image encoder computes in.
+    #[arg(long, value_parser = choice::<Precision>(), default_value = default_name::<Precision>())]
+    pub precision: Precision,
 }
 
 impl ModelArgs {
     /// Opens the device and loads the model and its adapters.
     pub fn load(&self) -> anyhow::Result<(Sam, Option<Lora>, Device)> {
         let dev = self.device.open()?;
-        let sam = Sam::load(&self.checkpoint, self.model_type, self.image_size, &dev)?;
+        let mut sam = Sam::load(&self.checkpoint, self.model_type, self.image_size, &dev)?;
+        sam.image_encoder.set_precision(self.precision);
         let lora = match &self.lora {
             Some(p) => Some(Lora::load(p, &sam.config, &dev)?),
             None => None,

@@ -11,13 +11,14 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
-use super::choice::{choice, default_name};
+use super::choice::{choice, default_name, name};
 use wesam::adapt::config::AdaptConfig;
 use wesam::adapt::optim::Adam;
 use wesam::adapt::step::{batch_gradients, StepModels};
 use wesam::data::{Instance, Sample};
 use wesam::device::DeviceKind;
-use wesam::model::{Lora, LoraConfig, ModelType, Sam, SamConfig};
+use wesam::model::{Lora, LoraConfig, ModelType, Precision, Sam, SamConfig};
+use wesam::ops::{kernels, recompute, Kernels};
 
 /// Which pass to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -52,6 +53,13 @@ pub struct BenchArgs {
     json: bool,
     #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     device: DeviceKind,
+    /// What the image encoder computes in.
+    #[arg(long, value_parser = choice::<Precision>(), default_value = default_name::<Precision>())]
+    precision: Precision,
+    /// Keep every activation instead of recomputing each encoder block's in the backward pass
+    /// (to measure what the recomputation saves).
+    #[arg(long)]
+    no_recompute: bool,
 }
 
 #[derive(Serialize)]
@@ -61,6 +69,10 @@ struct BenchReport {
     model_type: &'static str,
     image_size: usize,
     pass: Pass,
+    device: DeviceKind,
+    kernels: Kernels,
+    precision: Precision,
+    recompute: bool,
     seconds: f64,
     /// `seconds` under the name the step benchmark reports it by.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,8 +141,10 @@ fn disc_sample(size: usize, n: usize) -> Sample {
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let dev = a.device.open()?;
+    recompute::set_enabled(!a.no_recompute);
     let config = SamConfig::official(a.model_type);
-    let sam = Sam::random(&config, Some(a.image_size), 0, &dev)?;
+    let mut sam = Sam::random(&config, Some(a.image_size), 0, &dev)?;
+    sam.image_encoder.set_precision(a.precision);
     let lora = Lora::new(&config, &LoraConfig::default(), 0, &dev)?;
     let x = Tensor::randn(0f32, 1.0, (1, 3, a.image_size, a.image_size), &dev)?;
     let cfg = AdaptConfig::default();
@@ -198,6 +212,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         model_type: a.model_type.name(),
         image_size: a.image_size,
         pass: a.pass,
+        device: a.device,
+        kernels: kernels(),
+        precision: a.precision,
+        recompute: recompute::enabled(),
         seconds: times[times.len() / 2],
         seconds_per_step: (a.pass == Pass::Step).then_some(times[times.len() / 2]),
         peak_rss_mb: (proc_status_mb("VmHWM:") - base).max(0.0),
@@ -207,10 +225,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} {} @{}: {:?} {:.2} s, peak {:.0} MiB over a base of {:.0} MiB",
+            "{} {} @{} ({}, {} kernels, {}{}): {:?} {:.2} s, peak {:.0} MiB over a base of {:.0} MiB",
             report.impl_,
             report.model_type,
             report.image_size,
+            name(&report.device),
+            name(&report.kernels),
+            name(&report.precision),
+            if report.recompute { "" } else { ", no recomputation" },
             report.pass,
             report.seconds,
             report.peak_rss_mb,

@@ -15,12 +15,19 @@ mod synth;
 
 use clap::{Parser, Subcommand};
 
+use choice::choice;
+use wesam::ops::{Kernels, KERNELS_ENV};
+
 /// Adapt Segment Anything to a new image domain with weak labels.
 #[derive(Parser, Debug)]
 #[command(name = "wesam", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The op kernels: native (fused CPU kernels for f32 on the CPU, portable elsewhere) or
+    /// portable (the ops as CUDA and Metal run them, on every device) [default: native].
+    #[arg(long, global = true, env = KERNELS_ENV, value_parser = choice::<Kernels>())]
+    kernels: Option<Kernels>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,7 +56,9 @@ enum Command {
 
 /// Parses the command line and runs the command.
 pub fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    wesam::ops::set_kernels(cli.kernels.unwrap_or_default());
+    match cli.command {
         Command::Adapt(a) => adapt::run(a),
         Command::Train(a) => adapt::run_supervised(a),
         Command::Eval(a) => eval::run(a),

@@ -9,16 +9,17 @@
 
 use std::sync::Arc;
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::SamConfig;
 use super::layers::{Conv2d, Linear, Norm};
 use super::lora::{Lora, LoraQkv};
+use super::precision::Precision;
 use crate::ops::attention::rel_pos_attention;
 use crate::ops::gelu::gelu;
-use crate::ops::recompute;
 use crate::ops::resize::{resize_2d, Interpolation};
+use crate::ops::{matmul, recompute};
 
 const LN_EPS: f64 = 1e-6;
 
@@ -140,6 +141,8 @@ pub struct Block {
     lin2: Linear,
     /// 0 for global attention.
     window_size: usize,
+    /// The dtype of the block's products (see [`Precision`]); its residual stream stays f32.
+    products: DType,
 }
 
 impl Block {
@@ -159,6 +162,7 @@ impl Block {
             lin1: Linear::new(dim, cfg.mlp_dim(), vb.pp("mlp.lin1"))?,
             lin2: Linear::new(cfg.mlp_dim(), dim, vb.pp("mlp.lin2"))?,
             window_size,
+            products: DType::F32,
         })
     }
 
@@ -210,7 +214,7 @@ impl Block {
 
     /// The tokens the attention sees: `norm1(x)`, split into windows for a windowed block.
     fn attention_tokens(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.norm1.forward(x)?;
+        let x = self.norm1.forward(x)?.to_dtype(self.products)?;
         if self.window_size > 0 {
             window_partition(&x, self.window_size)
         } else {
@@ -232,18 +236,22 @@ impl Block {
         } else {
             a.clone()
         };
-        x + self.attn.proj.forward(&a)?
+        x + self.attn.proj.forward(&a)?.to_dtype(x.dtype())?
     }
 
     /// The MLP's hidden activations `gelu(lin1(norm2(x)))`.
     fn mlp_hidden(&self, x: &Tensor) -> Result<Tensor> {
-        gelu(&self.lin1.forward(&self.norm2.forward(x)?)?)
+        let x = self.norm2.forward(x)?.to_dtype(self.products)?;
+        gelu(&self.lin1.forward(&x)?)
     }
 
     /// The block output from the attention output `a` and the block input `x`.
     fn output(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
         let x = self.attention_residual(a, x)?;
-        let mlp = self.lin2.forward(&self.mlp_hidden(&x)?)?;
+        let mlp = self
+            .lin2
+            .forward(&self.mlp_hidden(&x)?)?
+            .to_dtype(x.dtype())?;
         x + mlp
     }
 }
@@ -277,7 +285,8 @@ impl recompute::Segment for AttentionInput {
         let c = tokens.dim(D::Minus1)?;
         let rows = tokens.elem_count() / c;
         let (tokens, grad) = (tokens.reshape((rows, c))?, grad.reshape((rows, 3 * c))?);
-        let through_qkv = (&tokens * grad.matmul(&self.block.attn.qkv.weight)?)?.sum_all()?;
+        let w_qkv = self.block.attn.qkv.weight.to_dtype(grad.dtype())?;
+        let through_qkv = (&tokens * matmul(&grad, &w_qkv)?)?.sum_all()?;
         match self.lora(inputs)? {
             Some(l) => {
                 let g_q = grad.narrow(1, 0, c)?.contiguous()?;
@@ -303,11 +312,11 @@ impl recompute::Segment for BlockOutput {
         let x = self.0.attention_residual(&inputs[0], &inputs[1])?;
         let h = self.0.mlp_hidden(&x)?;
         let c = grad.dim(D::Minus1)?;
-        let g_h = grad
+        let g = grad
             .reshape((grad.elem_count() / c, c))?
-            .matmul(&self.0.lin2.weight)?
-            .reshape(h.shape())?;
-        (x * grad)?.sum_all()? + (h * g_h)?.sum_all()?
+            .to_dtype(h.dtype())?;
+        let g_h = matmul(&g, &self.0.lin2.weight.to_dtype(h.dtype())?)?.reshape(h.shape())?;
+        (x * grad)?.sum_all()? + (h * g_h)?.sum_all()?.to_dtype(grad.dtype())?
     }
 }
 
@@ -321,6 +330,8 @@ pub struct ImageEncoder {
     neck_norm1: Norm,
     neck_conv2: Conv2d,
     neck_norm2: Norm,
+    /// What the encoder computes in; its weights stay as loaded.
+    precision: Precision,
 }
 
 impl ImageEncoder {
@@ -341,21 +352,46 @@ impl ImageEncoder {
             neck_norm1: Norm::new(out, LN_EPS, vb.pp("neck.1"))?,
             neck_conv2: Conv2d::new((out, out, 3), (1, 1, false), vb.pp("neck.2"))?,
             neck_norm2: Norm::new(out, LN_EPS, vb.pp("neck.3"))?,
+            precision: Precision::F32,
         })
+    }
+
+    /// Computes in `precision` from now on. Weights, adapters and the returned embeddings stay
+    /// f32; activations and products are in the low precision, the norms and softmaxes in f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for block in &mut self.blocks {
+            block.products = precision.dtype();
+        }
+    }
+
+    /// What the encoder computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Image embeddings `[B, prompt_embed_dim, H/p, W/p]` of a preprocessed `[B, 3, H, W]` batch.
     /// With `lora`, its adapters are applied; without, this is the frozen base model.
+    ///
+    /// In a low precision, the products (patch embedding, blocks, neck convolutions) are
+    /// computed in it and the rest in f32: the residual stream, the norms, the softmaxes, as
+    /// PyTorch's autocast does.
     pub fn forward(&self, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
-        let x = self.patch_embed.forward(x)?.permute((0, 2, 3, 1))?;
+        let (stream, products) = (x.dtype(), self.precision.dtype());
+        let low = |t: &Tensor| t.to_dtype(products);
+        let x = self.patch_embed.forward(&low(x)?)?.to_dtype(stream)?;
+        let x = x.permute((0, 2, 3, 1))?;
         let (_, gh, gw, _) = x.dims4()?;
         let mut x = x.broadcast_add(&self.pos_embed_for(gh, gw)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, lora.and_then(|l| l.block(i)))?;
         }
         let x = x.permute((0, 3, 1, 2))?;
-        let x = self.neck_norm1.forward_2d(&self.neck_conv1.forward(&x)?)?;
-        self.neck_norm2.forward_2d(&self.neck_conv2.forward(&x)?)
+        let x = self
+            .neck_norm1
+            .forward_2d(&self.neck_conv1.forward(&low(&x)?)?)?;
+        let x = self.neck_conv2.forward(&low(&x)?)?;
+        self.neck_norm2.forward_2d(&x)?.to_dtype(stream)
     }
 
     /// The absolute position embedding for a `gh x gw` token grid, resized bicubically if needed.

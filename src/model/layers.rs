@@ -4,6 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::ops::conv2d;
 use crate::ops::layer_norm::{layer_norm, layer_norm_2d};
 use crate::ops::linear::{add_bias, linear};
 
@@ -39,7 +40,8 @@ impl Norm {
     }
 }
 
-/// A linear layer stored as `nn.Linear` (`weight [out, in]`, optional bias).
+/// A linear layer stored as `nn.Linear` (`weight [out, in]`, optional bias); it computes in its
+/// input's precision.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`; read directly by the recomputation surrogates, which multiply by it.
@@ -64,7 +66,7 @@ impl Module for Linear {
     }
 }
 
-/// A 2-D convolution stored as `nn.Conv2d`.
+/// A 2-D convolution stored as `nn.Conv2d`; it computes in its input's precision.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -98,7 +100,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        let y = conv2d(x, &self.weight, self.padding, self.stride)?;
         match &self.bias {
             Some(b) => add_bias(&y, b, 1),
             None => Ok(y),

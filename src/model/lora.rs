@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::SamConfig;
 use crate::ops::linear::linear;
+use crate::ops::matmul;
 
 /// Where the adapters go and how strong they are (the reference: rank 4, scale 1, every block).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,8 +74,11 @@ impl LoraQkv {
         g_q: &Tensor,
         g_v: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let q = (linear(x, &self.a_q, None)? * g_q.matmul(&self.b_q)?)?.sum_all()?;
-        let v = (linear(x, &self.a_v, None)? * g_v.matmul(&self.b_v)?)?.sum_all()?;
+        let through = |a: &Tensor, b: &Tensor, g: &Tensor| {
+            (linear(x, a, None)? * matmul(g, &b.to_dtype(g.dtype())?)?)?.sum_all()
+        };
+        let q = through(&self.a_q, &self.b_q, g_q)?;
+        let v = through(&self.a_v, &self.b_v, g_v)?;
         (q + v)? * self.scale
     }
 

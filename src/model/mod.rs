@@ -12,6 +12,7 @@ pub mod image_encoder;
 pub mod layers;
 pub mod lora;
 pub mod mask_decoder;
+pub mod precision;
 pub mod predictor;
 pub mod prompt_encoder;
 pub mod transformer;
@@ -27,6 +28,7 @@ use candle_nn::VarBuilder;
 pub use checkpoint::StateDict;
 pub use config::{ModelType, SamConfig};
 pub use lora::{Lora, LoraConfig};
+pub use precision::Precision;
 pub use predictor::{ImagePrompts, Predictor};
 pub use prompt_encoder::Prompts;
 
@@ -135,7 +137,10 @@ impl Sam {
             config: Some(self.config.clone()),
             path: "<in memory>".into(),
         };
-        Self::from_state_dict(state, None, Some(self.input_size), &self.device)
+        let mut sam = Self::from_state_dict(state, None, Some(self.input_size), &self.device)?;
+        sam.image_encoder
+            .set_precision(self.image_encoder.precision());
+        Ok(sam)
     }
 
     /// Makes the weights that `train` selects (by official name) trainable: a model that

@@ -4,14 +4,18 @@
 //! On the CPU it is one custom op that keeps no attention-sized tensor for the backward pass: the
 //! forward runs over tiles of query rows, and the backward recomputes each tile's probabilities
 //! (flash-attention style). A global block of ViT-B at 1024² would otherwise hold several
-//! 12 x 4096 x 4096 tensors (805 MB each) until the backward pass. Elsewhere it is composed from
-//! differentiable tensor ops.
+//! 12 x 4096 x 4096 tensors (805 MB each) until the backward pass. The portable kernel composes
+//! it from tensor ops and [`recompute`]s it: the graph keeps qkv, and the backward rebuilds one
+//! block's scores at a time.
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 
 use super::linear::sum_dim;
+use super::recompute::{self, Segment};
 use super::softmax::{biased_softmax_in_place, softmax_with_rel_pos};
-use super::{cpu_f32, is_cpu_f32};
+use super::{cpu_f32, matmul, takes_native};
 
 /// Floats per tile of scores: bounds the working memory of the CPU kernel (32 MB).
 const TILE_FLOATS: usize = 8 << 20;
@@ -28,11 +32,17 @@ pub fn rel_pos_attention(qkv: &Tensor, rh: &Tensor, rw: &Tensor, heads: usize) -
         hd: c3 / 3 / heads,
         tile_floats: TILE_FLOATS,
     };
-    if is_cpu_f32(qkv) {
+    if takes_native(qkv) {
         qkv.contiguous()?
             .apply_op3(&rh.contiguous()?, &rw.contiguous()?, op)
     } else {
-        op.composed(qkv, rh, rw)
+        recompute::checkpoint(Arc::new(op), &[qkv, rh, rw])
+    }
+}
+
+impl Segment for RelPosAttention {
+    fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        self.composed(&inputs[0], &inputs[1], &inputs[2])
     }
 }
 
@@ -84,30 +94,28 @@ impl RelPosAttention {
         let (h, w, hd) = (self.h, self.w, self.hd);
         let bh = q.dim(0)?;
         let r_q = q.reshape((bh, h, w, hd))?;
-        let rel_h = r_q
-            .permute((1, 0, 2, 3))?
-            .reshape((h, bh * w, hd))?
-            .matmul(&rh.transpose(1, 2)?)?
+        let rel_h = r_q.permute((1, 0, 2, 3))?.reshape((h, bh * w, hd))?;
+        let rel_h = matmul(&rel_h, &rh.transpose(1, 2)?)?
             .reshape((h, bh, w, h))?
             .permute((1, 0, 2, 3))?
             .reshape((bh, h * w, h))?;
-        let rel_w = r_q
-            .permute((2, 0, 1, 3))?
-            .reshape((w, bh * h, hd))?
-            .matmul(&rw.transpose(1, 2)?)?
+        let rel_w = r_q.permute((2, 0, 1, 3))?.reshape((w, bh * h, hd))?;
+        let rel_w = matmul(&rel_w, &rw.transpose(1, 2)?)?
             .reshape((w, bh, h, w))?
             .permute((1, 2, 0, 3))?
             .reshape((bh, h * w, w))?;
         Ok((rel_h, rel_w))
     }
 
-    /// The reference formulation from differentiable ops (any device).
+    /// The reference formulation from differentiable ops (any device, any precision: the
+    /// position tables are cast to qkv's).
     fn composed(&self, qkv: &Tensor, rh: &Tensor, rw: &Tensor) -> Result<Tensor> {
         let (q, k, v) = self.split(qkv)?;
+        let (rh, rw) = (&rh.to_dtype(qkv.dtype())?, &rw.to_dtype(qkv.dtype())?);
         let (rel_h, rel_w) = self.rel_terms(&q, rh, rw)?;
-        let scores = (&q * self.scale())?.matmul(&k.t()?)?;
+        let scores = matmul(&(&q * self.scale())?, &k.t()?)?;
         let attn = softmax_with_rel_pos(&scores, &rel_h, &rel_w)?;
-        self.merge_heads(&attn.matmul(&v)?)
+        self.merge_heads(&matmul(&attn, &v)?)
     }
 
     /// Query rows per tile for `bh` heads attending over `n` keys.
@@ -243,7 +251,7 @@ mod tests {
     use candle_core::Var;
 
     #[test]
-    fn fused_attention_matches_composed_in_value_and_every_gradient() {
+    fn attention_kernels_match_composed_in_value_and_every_gradient() {
         let dev = Device::Cpu;
         let (b, h, w, heads, hd) = (2, 5, 4, 3, 8);
         let qkv = Var::randn(0f32, 1., (b, h, w, 3 * heads * hd), &dev).unwrap();
@@ -259,12 +267,13 @@ mod tests {
             tile_floats: b * heads * h * w * 3,
         };
         assert_eq!(op.tile(b * heads, h * w), 3);
-        let run = |fused: bool| {
+        // The reference (candle's full graph), the native kernel, the portable one.
+        let run = |kernel: usize| {
             let (x, a, c) = (qkv.as_tensor(), rh.as_tensor(), rw.as_tensor());
-            let y = if fused {
-                x.apply_op3(a, c, op).unwrap()
-            } else {
-                op.composed(x, a, c).unwrap()
+            let y = match kernel {
+                0 => op.composed(x, a, c).unwrap(),
+                1 => x.apply_op3(a, c, op).unwrap(),
+                _ => recompute::checkpoint(Arc::new(op), &[x, a, c]).unwrap(),
             };
             let g = (&y * &probe)
                 .unwrap()
@@ -274,11 +283,13 @@ mod tests {
                 .unwrap();
             (y, [x, a, c].map(|t| g.get(t).unwrap().clone()))
         };
-        let (y1, g1) = run(true);
-        let (y2, g2) = run(false);
-        assert!(max_diff(&y1, &y2) < 1e-5);
-        for (a, b) in g1.iter().zip(&g2) {
-            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        let (y0, g0) = run(0);
+        for kernel in [1, 2] {
+            let (y, g) = run(kernel);
+            assert!(max_diff(&y, &y0) < 1e-5);
+            for (a, b) in g.iter().zip(&g0) {
+                assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+            }
         }
     }
 

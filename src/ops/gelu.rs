@@ -4,14 +4,14 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, fast_math, is_cpu_f32};
+use super::{cpu_f32, fast_math, takes_native};
 
 /// PyTorch's exact (erf) GELU, as `nn.GELU()` in SAM.
 ///
 /// On the CPU one op with a vectorised forward and a one-pass backward; candle's `gelu_erf`
 /// composes its backward from eight element-wise ops, each allocating an MLP-sized tensor.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if is_cpu_f32(x) {
+    if takes_native(x) {
         x.contiguous()?.apply_op1(GeluOp)
     } else {
         x.gelu_erf()

@@ -2,20 +2,36 @@
 //! dimension (`nn.LayerNorm`) and over the channel axis of an NCHW tensor (SAM's `LayerNorm2d`).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+
+use super::node::{precomputed, Bwd3};
 use rayon::prelude::*;
 
 use super::linear::sum_dim;
-use super::{cpu_f32, is_cpu_f32};
+use super::{cpu_f32, takes_native};
 
 /// Layer norm over the last dimension with affine weight and bias, with a gradient.
+///
+/// A low-precision input is normalised in the weight's precision (f32) and returned in its own.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    if is_cpu_f32(x) {
+    if x.dtype() != w.dtype() {
+        return layer_norm(&x.to_dtype(w.dtype())?, w, b, eps)?.to_dtype(x.dtype());
+    }
+    if takes_native(x) {
         x.contiguous()?
             .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps })
     } else {
-        let (xhat, _) = normalise(x, eps)?;
-        xhat.broadcast_mul(w)?.broadcast_add(b)
+        portable_layer_norm(x, w, b, eps)
     }
+}
+
+/// [`layer_norm`] from candle's tensor ops, with the native op's backward: the graph keeps `x`,
+/// not the steps of its normalisation.
+fn portable_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let (xhat, _) = normalise(&x.detach(), eps)?;
+    let y = xhat
+        .broadcast_mul(&w.detach())?
+        .broadcast_add(&b.detach())?;
+    precomputed(y, &[x, w, b], Bwd3(LayerNormOp { eps }))
 }
 
 /// `((x - mean) / sqrt(var + eps), 1 / sqrt(var + eps))` over the last dimension.
@@ -100,20 +116,24 @@ mod tests {
     use crate::ops::test_util::max_diff;
     use candle_core::{Device, Var};
 
+    /// The op as dispatched (native kernel unless `WESAM_KERNELS=portable`) and the portable one,
+    /// each against the full graph of candle's tensor ops.
     #[test]
-    fn fused_layer_norm_matches_composed_for_input_weight_and_bias() {
+    fn layer_norm_kernels_match_composed_for_input_weight_and_bias() {
         let dev = Device::Cpu;
         let x = Var::randn(1f32, 3., (4, 6, 10), &dev).unwrap();
         let w = Var::randn(1f32, 0.3, 10, &dev).unwrap();
         let b = Var::randn(0f32, 0.3, 10, &dev).unwrap();
         let probe = Tensor::randn(0f32, 1., (4, 6, 10), &dev).unwrap();
-        let run = |fused: bool| {
+        let run = |kernel: usize| {
             let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-            let y = if fused {
-                layer_norm(xt, wt, bt, 1e-6).unwrap()
-            } else {
-                let (xhat, _) = normalise(xt, 1e-6).unwrap();
-                xhat.broadcast_mul(wt).unwrap().broadcast_add(bt).unwrap()
+            let y = match kernel {
+                0 => {
+                    let (xhat, _) = normalise(xt, 1e-6).unwrap();
+                    xhat.broadcast_mul(wt).unwrap().broadcast_add(bt).unwrap()
+                }
+                1 => layer_norm(xt, wt, bt, 1e-6).unwrap(),
+                _ => portable_layer_norm(xt, wt, bt, 1e-6).unwrap(),
             };
             let g = (&y * &probe)
                 .unwrap()
@@ -123,11 +143,13 @@ mod tests {
                 .unwrap();
             (y, [xt, wt, bt].map(|t| g.get(t).unwrap().clone()))
         };
-        let (y1, g1) = run(true);
-        let (y2, g2) = run(false);
-        assert!(max_diff(&y1, &y2) < 1e-5);
-        for (a, b) in g1.iter().zip(&g2) {
-            assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+        let (y0, g0) = run(0);
+        for kernel in [1, 2] {
+            let (y, g) = run(kernel);
+            assert!(max_diff(&y, &y0) < 1e-5);
+            for (a, b) in g.iter().zip(&g0) {
+                assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
+            }
         }
     }
 }

@@ -5,36 +5,36 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_f32, is_cpu_f32};
+use super::node::{precomputed, Bwd1, Bwd2};
+use super::{cpu_f32, matmul, takes_native};
 
 /// `x @ w^T + b` for a weight stored as PyTorch's `nn.Linear` does (`[out, in]`).
 ///
-/// When the weight and bias are frozen (plain tensors) and the input is on the CPU, this is one
-/// custom op: the bias is added in place and the backward pass computes only the input's
-/// gradient, not the weight's (candle's matmul backward computes both), and keeps one output
-/// instead of two.
+/// When the weight and bias are frozen (plain tensors), this is one op whose backward pass
+/// computes only the input's gradient, not the weight's (candle's matmul backward computes
+/// both), and keeps one output instead of two; the native kernel also adds the bias in place.
+///
+/// The weight and bias are cast to the input's precision (a no-op in f32).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let w = &w.to_dtype(x.dtype())?;
+    let b = b.map(|b| b.to_dtype(x.dtype())).transpose()?;
+    let b = b.as_ref();
     let frozen = !w.track_op() && !b.is_some_and(|b| b.track_op());
     let dims = x.dims().to_vec();
     let inner = dims[dims.len() - 1];
     let rows = x.elem_count() / inner;
     let mut out_dims = dims.clone();
     *out_dims.last_mut().unwrap() = w.dim(0)?;
-    if frozen && is_cpu_f32(x) && w.dtype() == DType::F32 {
+    if frozen {
         let op = FrozenLinear {
             weight: w.contiguous()?,
             bias: b.map(|b| b.contiguous()).transpose()?,
         };
-        return x
-            .contiguous()?
-            .reshape((rows, inner))?
-            .apply_op1(op)?
-            .reshape(out_dims);
+        let x = x.reshape((rows, inner))?;
+        let native = takes_native(&x) && w.dtype() == DType::F32;
+        return op.apply(&x, native)?.reshape(out_dims);
     }
-    let y = x
-        .reshape((rows, inner))?
-        .matmul(&w.t()?)?
-        .reshape(out_dims)?;
+    let y = matmul(&x.reshape((rows, inner))?, &w.t()?)?.reshape(out_dims)?;
     match b {
         Some(b) => add_bias(&y, b, y.rank() - 1),
         None => Ok(y),
@@ -45,6 +45,22 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 struct FrozenLinear {
     weight: Tensor,
     bias: Option<Tensor>,
+}
+
+impl FrozenLinear {
+    /// The layer on `x` `[rows, in]`: the native kernel, or the portable one (candle's matmul
+    /// and broadcast, entered into the graph with the same backward).
+    fn apply(self, x: &Tensor, native: bool) -> Result<Tensor> {
+        if native {
+            return x.contiguous()?.apply_op1(self);
+        }
+        let y = matmul(&x.detach(), &self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        precomputed(y, &[x], Bwd1(self))
+    }
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -75,7 +91,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(g.matmul(&self.weight)?))
+        Ok(Some(matmul(g, &self.weight)?))
     }
 }
 
@@ -92,14 +108,13 @@ impl CustomOp1 for FrozenLinear {
 ///
 /// A frozen bias takes candle's broadcast, whose backward then sums nothing.
 pub fn add_bias(y: &Tensor, b: &Tensor, dim: usize) -> Result<Tensor> {
-    if b.track_op() && is_cpu_f32(y) && is_cpu_f32(b) {
-        y.contiguous()?
-            .apply_op2(&b.contiguous()?, BiasAddOp { dim })
-    } else {
+    let b = &b.to_dtype(y.dtype())?;
+    if !b.track_op() {
         let mut shape = vec![1; y.rank()];
         shape[dim] = b.elem_count();
-        y.broadcast_add(&b.reshape(shape)?)
+        return y.broadcast_add(&b.reshape(shape)?);
     }
+    BiasAddOp { dim }.apply(y, b, takes_native(y) && takes_native(b))
 }
 
 /// The gradient of a bias added along `dim`: `g` summed over every other dimension.
@@ -135,6 +150,20 @@ pub fn sum_dim(x: &Tensor, dim: usize) -> Result<Tensor> {
 
 struct BiasAddOp {
     dim: usize,
+}
+
+impl BiasAddOp {
+    /// `y + b`: the native kernel, or the portable one (candle's broadcast, entered into the
+    /// graph with the same backward and its fast sum for the bias).
+    fn apply(self, y: &Tensor, b: &Tensor, native: bool) -> Result<Tensor> {
+        if native {
+            return y.contiguous()?.apply_op2(&b.contiguous()?, self);
+        }
+        let mut shape = vec![1; y.rank()];
+        shape[self.dim] = b.elem_count();
+        let out = y.detach().broadcast_add(&b.detach().reshape(shape)?)?;
+        precomputed(out, &[y, b], Bwd2(self))
+    }
 }
 
 impl CustomOp2 for BiasAddOp {
@@ -196,6 +225,16 @@ mod tests {
         });
         assert!(max_diff(&y1, &y2) < 1e-5);
         assert!(max_diff(&g1, &g2) < 1e-5);
+        let portable = |t: &Tensor| {
+            let op = FrozenLinear {
+                weight: w.clone(),
+                bias: Some(b.clone()),
+            };
+            op.apply(&t.reshape((30, 7))?, false)?.reshape((2, 3, 5, 4))
+        };
+        let (y3, g3) = value_and_grad(&x, &probe, portable);
+        assert!(max_diff(&y3, &y2) < 1e-5);
+        assert!(max_diff(&g3, &g2) < 1e-5);
         // A trainable weight takes the composed path and gets its gradient.
         let wv = Var::from_tensor(&w).unwrap();
         let y = linear(x.as_tensor(), wv.as_tensor(), Some(&b)).unwrap();
@@ -218,9 +257,9 @@ mod tests {
         }
     }
 
-    /// The fused bias addition against candle's broadcast, for a linear layer's bias (last
-    /// dimension) and a convolution's (dimension 1 of NCHW), in value and in both gradients.
-
+    /// The bias addition as dispatched and the portable one against candle's broadcast, for a
+    /// linear layer's bias (last dimension) and a convolution's (dimension 1 of NCHW), in value
+    /// and in both gradients.
     #[test]
     fn bias_addition_matches_broadcast_in_value_and_gradients() {
         let dev = Device::Cpu;
@@ -228,14 +267,16 @@ mod tests {
             let y = Var::randn(0f32, 1., shape.as_slice(), &dev).unwrap();
             let b = Var::randn(0f32, 1., 7, &dev).unwrap();
             let probe = Tensor::randn(0f32, 1., shape.as_slice(), &dev).unwrap();
-            let run = |fused: bool| {
+            let run = |kernel: usize| {
                 let (yt, bt) = (y.as_tensor(), b.as_tensor());
-                let out = if fused {
-                    add_bias(yt, bt, dim).unwrap()
-                } else {
-                    let mut bshape = vec![1; 4];
-                    bshape[dim] = 7;
-                    yt.broadcast_add(&bt.reshape(bshape).unwrap()).unwrap()
+                let out = match kernel {
+                    0 => {
+                        let mut bshape = vec![1; 4];
+                        bshape[dim] = 7;
+                        yt.broadcast_add(&bt.reshape(bshape).unwrap()).unwrap()
+                    }
+                    1 => add_bias(yt, bt, dim).unwrap(),
+                    _ => BiasAddOp { dim }.apply(yt, bt, false).unwrap(),
                 };
                 let g = (&out * &probe)
                     .unwrap()
@@ -245,10 +286,13 @@ mod tests {
                     .unwrap();
                 (out, [yt, bt].map(|t| g.get(t).unwrap().clone()))
             };
-            let ((o1, g1), (o2, g2)) = (run(true), run(false));
-            assert!(max_diff(&o1, &o2) < 1e-6);
-            for (a, b) in g1.iter().zip(&g2) {
-                assert!(max_diff(a, b) < 1e-5, "dim {dim}: {}", max_diff(a, b));
+            let (o0, g0) = run(0);
+            for kernel in [1, 2] {
+                let (o, g) = run(kernel);
+                assert!(max_diff(&o, &o0) < 1e-6);
+                for (a, b) in g.iter().zip(&g0) {
+                    assert!(max_diff(a, b) < 1e-5, "dim {dim}: {}", max_diff(a, b));
+                }
             }
         }
     }

@@ -7,12 +7,30 @@
 //! keeps only its inputs; its backward rebuilds from them what the gradient needs, backpropagates
 //! through that short-lived local graph and hands the input gradients back to candle.
 //!
-//! On the CPU this is a custom op. Elsewhere the segment runs as plain tracked ops (the same
-//! numbers, the memory of an ordinary graph).
+//! The node is a [`super::node::precomputed`] one, so this works on every device. It is a
+//! memory strategy, not a kernel: both kernel sets use it, and [`set_enabled`] turns it off (to
+//! measure what it saves).
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
+
+use super::node::{precomputed, Backward};
+
+/// Whether [`checkpoint`] recomputes (the default) or keeps the segment's whole graph.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns recomputation on or off for the whole process (on by default). Off keeps every
+/// activation, as candle would without this module: more memory, no recomputation time.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether recomputation is on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// A piece of network whose intermediate activations need not be kept for the backward pass.
 pub trait Segment: Send + Sync {
@@ -32,62 +50,36 @@ pub trait Segment: Send + Sync {
 
 /// `segment.forward(inputs)` without keeping the segment's activations for the backward pass.
 ///
-/// One or two inputs. Falls back to running the segment as ordinary tracked ops when no input
-/// carries a gradient (inference: nothing to keep anyway) or when the inputs are not on the CPU.
+/// One to three inputs, on any device. Runs the segment as ordinary tracked ops when no input
+/// carries a gradient (inference: nothing to keep anyway) or when recomputation is off.
 pub fn checkpoint(segment: Arc<dyn Segment>, inputs: &[&Tensor]) -> Result<Tensor> {
-    let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
-    let tracked = inputs.iter().any(|t| t.track_op());
-    if !tracked || !inputs.iter().all(|t| matches!(t.device(), Device::Cpu)) {
+    if !enabled() || !inputs.iter().any(|t| t.track_op()) {
+        let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
         return segment.forward(&owned);
     }
     let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
     let output = segment.forward(&detached)?.contiguous()?;
-    let op = Recompute {
-        segment,
-        output: Mutex::new(Some(output)),
-    };
-    match inputs {
-        [a] => a.apply_op1_arc(Arc::new(Box::new(op))),
-        [a, b] => a.apply_op2_arc(b, Arc::new(Box::new(op))),
-        _ => candle_core::bail!("checkpoint: one or two inputs, got {}", inputs.len()),
-    }
+    precomputed(output, inputs, Recompute { segment })
 }
 
-/// The graph node of a checkpointed segment: its output was computed without a graph and is
-/// handed to candle once; the backward recomputes.
+/// The backward pass of a checkpointed segment: it recomputes.
 struct Recompute {
     segment: Arc<dyn Segment>,
-    /// The output computed in [`checkpoint`], taken by the (single) forward call.
-    output: Mutex<Option<Tensor>>,
 }
 
-impl Recompute {
-    fn forward(&self) -> Result<(CpuStorage, Shape)> {
-        let output = self
-            .output
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("checkpoint: poisoned lock".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("checkpoint: forward run twice".into()))?;
-        let shape = output.shape().clone();
-        let (storage, layout) = output.storage_and_layout();
-        let candle_core::Storage::Cpu(storage) = &*storage else {
-            candle_core::bail!("checkpoint: the segment's output is not on the CPU")
-        };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("checkpoint: non-contiguous output".into()))?;
-        let data = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-            CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-            _ => candle_core::bail!("checkpoint: float outputs only"),
-        };
-        Ok((data, shape))
+impl Backward for Recompute {
+    fn name(&self) -> &'static str {
+        "wesam-recompute"
     }
 
     /// Gradients of the inputs: the local graph of the segment, rebuilt on copies of the inputs
     /// that carry a gradient, backpropagated from the surrogate of `grad`.
-    fn backward(&self, inputs: &[&Tensor], grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         let vars = inputs
             .iter()
             .map(|t| {
@@ -115,52 +107,11 @@ impl Recompute {
     }
 }
 
-impl CustomOp1 for Recompute {
-    fn name(&self) -> &'static str {
-        "wesam-recompute"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.forward()
-    }
-
-    fn bwd(&self, a: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(self.backward(&[a], grad)?.pop().flatten())
-    }
-}
-
-impl CustomOp2 for Recompute {
-    fn name(&self) -> &'static str {
-        "wesam-recompute"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward()
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let mut grads = self.backward(&[a, b], grad)?.into_iter();
-        Ok((grads.next().flatten(), grads.next().flatten()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::test_util::max_diff;
-    use candle_core::DType;
+    use candle_core::{DType, Device};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// `tanh(a @ b) * a`, with the default surrogate (full recomputation); counts its forwards.

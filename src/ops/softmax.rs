@@ -2,25 +2,37 @@
 //! decomposed relative-position bias added inside: with a gradient (the composed attention), and
 //! in place without one (the tiles of the fused attention kernel).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, InplaceOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp3, Layout, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 use super::fast_math::{self, softmax_in_place};
-use super::{cpu_f32, is_cpu_f32};
+use super::node::{precomputed, Bwd1, Bwd3};
+use super::{cpu_f32, takes_native};
 
 /// Softmax over the last dimension, with a gradient.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if is_cpu_f32(x) {
+    if takes_native(x) {
         x.contiguous()?.apply_op1(SoftmaxOp)
     } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+        portable_softmax(x)
     }
 }
 
-/// Gradient of a softmax `y` for an upstream gradient `g`: `y * (g - sum(g * y))`.
+/// [`softmax_last_dim`] from candle's tensor ops (in `f32` for a low-precision input), with the
+/// native op's backward: the graph keeps the input and the output, not the exponentials.
+fn portable_softmax(x: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::ops::softmax(&x.detach().to_dtype(DType::F32)?, D::Minus1)?;
+    precomputed(y.to_dtype(x.dtype())?, &[x], Bwd1(SoftmaxOp))
+}
+
+/// Gradient of a softmax `y` for an upstream gradient `g`: `y * (g - sum(g * y))`, computed in
+/// f32 (and returned in `g`'s dtype) so that low-precision rows are not summed in low precision.
 fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let dot = (g * y)?.sum_keepdim(D::Minus1)?;
-    y * g.broadcast_sub(&dot)?
+    let (y32, g32) = (y.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
+    let dot = (&g32 * &y32)?.sum_keepdim(D::Minus1)?;
+    (y32 * g32.broadcast_sub(&dot)?)?.to_dtype(g.dtype())
 }
 
 struct SoftmaxOp;
@@ -51,25 +63,44 @@ impl CustomOp1 for SoftmaxOp {
 /// `scores` is `[B, Nq, kh*kw]`, `rel_h` is `[B, Nq, kh]` and `rel_w` is `[B, Nq, kw]`. On the CPU
 /// the biased scores are never materialised, which saves one attention-sized tensor per block.
 pub fn softmax_with_rel_pos(scores: &Tensor, rel_h: &Tensor, rel_w: &Tensor) -> Result<Tensor> {
-    let (b, nq, nk) = scores.dims3()?;
+    let nk = scores.dim(2)?;
     let kh = rel_h.dim(2)?;
     let kw = rel_w.dim(2)?;
     if kh * kw != nk {
         candle_core::bail!("rel-pos softmax: {nk} keys but bias tables of {kh} x {kw}");
     }
-    if is_cpu_f32(scores) {
+    if takes_native(scores) {
         scores.contiguous()?.apply_op3(
             &rel_h.contiguous()?,
             &rel_w.contiguous()?,
             RelPosSoftmaxOp { kh, kw },
         )
     } else {
-        let biased = scores.reshape((b, nq, kh, kw))?;
-        let biased = biased
-            .broadcast_add(&rel_h.unsqueeze(3)?)?
-            .broadcast_add(&rel_w.unsqueeze(2)?)?;
-        candle_nn::ops::softmax(&biased.reshape((b, nq, nk))?, D::Minus1)
+        portable_softmax_with_rel_pos(scores, rel_h, rel_w)
     }
+}
+
+/// [`softmax_with_rel_pos`] from candle's tensor ops (in f32 for low-precision scores), with the
+/// native op's backward: the graph keeps the scores and the output, not the biased scores.
+fn portable_softmax_with_rel_pos(
+    scores: &Tensor,
+    rel_h: &Tensor,
+    rel_w: &Tensor,
+) -> Result<Tensor> {
+    let (b, nq, nk) = scores.dims3()?;
+    let (kh, kw) = (rel_h.dim(2)?, rel_w.dim(2)?);
+    let f32 = |t: &Tensor| t.detach().to_dtype(DType::F32);
+    let biased = f32(scores)?
+        .reshape((b, nq, kh, kw))?
+        .broadcast_add(&f32(rel_h)?.unsqueeze(3)?)?
+        .broadcast_add(&f32(rel_w)?.unsqueeze(2)?)?;
+    let y = candle_nn::ops::softmax(&biased.reshape((b, nq, nk))?, D::Minus1)?;
+    let op = RelPosSoftmaxOp { kh, kw };
+    precomputed(
+        y.to_dtype(scores.dtype())?,
+        &[scores, rel_h, rel_w],
+        Bwd3(op),
+    )
 }
 
 struct RelPosSoftmaxOp {
@@ -196,17 +227,21 @@ mod tests {
     use crate::ops::test_util::{max_diff, value_and_grad};
     use candle_core::{Device, Var};
 
+    /// The op as dispatched (native kernel unless `WESAM_KERNELS=portable`) and the portable one,
+    /// each against candle's composed softmax.
     #[test]
-    fn fused_softmax_matches_composed_in_value_and_gradient() {
+    fn softmax_kernels_match_composed_in_value_and_gradient() {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 2., (3, 5, 7), &dev).unwrap();
         let probe = Tensor::randn(0f32, 1., (3, 5, 7), &dev).unwrap();
-        let (y1, g1) = value_and_grad(&x, &probe, softmax_last_dim);
-        let (y2, g2) = value_and_grad(&x, &probe, |t| candle_nn::ops::softmax(t, D::Minus1));
-        assert!(max_diff(&y1, &y2) < 1e-6);
-        assert!(max_diff(&g1, &g2) < 1e-6);
+        let (y0, g0) = value_and_grad(&x, &probe, |t| candle_nn::ops::softmax(t, D::Minus1));
+        for kernel in [softmax_last_dim, portable_softmax] {
+            let (y, g) = value_and_grad(&x, &probe, kernel);
+            assert!(max_diff(&y, &y0) < 1e-6);
+            assert!(max_diff(&g, &g0) < 1e-6);
+        }
         assert!(
-            g1.abs()
+            g0.abs()
                 .unwrap()
                 .sum_all()
                 .unwrap()
@@ -233,12 +268,12 @@ mod tests {
                 .broadcast_add(&rw.unsqueeze(2)?)?;
             candle_nn::ops::softmax(&t.reshape((b, nq, kh * kw))?, D::Minus1)
         };
-        let run = |fused: bool| {
+        let run = |kernel: usize| {
             let (s, rh, rw) = (s.as_tensor(), rh.as_tensor(), rw.as_tensor());
-            let y = if fused {
-                softmax_with_rel_pos(s, rh, rw).unwrap()
-            } else {
-                composed(s, rh, rw).unwrap()
+            let y = match kernel {
+                0 => composed(s, rh, rw).unwrap(),
+                1 => softmax_with_rel_pos(s, rh, rw).unwrap(),
+                _ => portable_softmax_with_rel_pos(s, rh, rw).unwrap(),
             };
             let g = (&y * &probe)
                 .unwrap()
@@ -248,11 +283,13 @@ mod tests {
                 .unwrap();
             (y, [s, rh, rw].map(|t| g.get(t).unwrap().clone()))
         };
-        let (y1, g1) = run(true);
-        let (y2, g2) = run(false);
-        assert!(max_diff(&y1, &y2) < 1e-6);
-        for (a, b) in g1.iter().zip(&g2) {
-            assert!(max_diff(a, b) < 1e-5);
+        let (y0, g0) = run(0);
+        for kernel in [1, 2] {
+            let (y, g) = run(kernel);
+            assert!(max_diff(&y, &y0) < 1e-6);
+            for (a, b) in g.iter().zip(&g0) {
+                assert!(max_diff(a, b) < 1e-5);
+            }
         }
     }
 }

@@ -22,9 +22,20 @@ pub fn scratch() -> tempfile::TempDir {
         .unwrap()
 }
 
-/// The expected inputs and outputs of `cases.safetensors`.
+/// The device the parity tests run on: `WESAM_TEST_DEVICE` (`cpu`, `cuda` or `metal`; the CPU
+/// when unset), so that a machine with a GPU checks its path against the same fixtures
+/// (`scripts/gpu_check.sh`).
+pub fn device() -> Device {
+    let name = std::env::var("WESAM_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let kind: wesam::device::DeviceKind = serde_json::from_value(serde_json::json!(name))
+        .unwrap_or_else(|_| panic!("WESAM_TEST_DEVICE={name:?}: expected cpu, cuda or metal"));
+    kind.open()
+        .unwrap_or_else(|e| panic!("WESAM_TEST_DEVICE={name}: {e}"))
+}
+
+/// The expected inputs and outputs of `cases.safetensors`, on the test [`device`].
 pub fn cases() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir().join("cases.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture_dir().join("cases.safetensors"), &device()).unwrap()
 }
 
 /// Largest absolute difference between two tensors of the same shape.
