@@ -17,8 +17,8 @@
 # (WESAM_TORCH_VENV, default ~/.cache/wesam/torch-venv) unless `python3` already has it.
 # Budget: about 8 minutes on an H100 once the build is cached (a cold CUDA build adds 5-15).
 #
-# WESAM_GPU_CHECK_DEVICE=cpu runs every stage on the CPU at 256² instead: a dry run of the script
-# itself on a machine without a GPU.
+# WESAM_GPU_CHECK_DEVICE=cpu runs every stage on the CPU instead (steps at 256², evaluation on 2
+# images): a dry run of the script itself on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# = 1 ] || { echo "usage: $0 OUT_DIR" >&2; exit 2; }
@@ -51,11 +51,11 @@ if [ "$device" = cuda ]; then
     cu=$(echo "${WESAM_CUDA_HOME:-$HOME/.cache/wesam/cuda-13.4}"/lib/python3*/site-packages/nvidia/cu13)
     export PATH="$cu/bin:$PATH" CUDA_HOME="$cu" LD_LIBRARY_PATH="$cu/lib:${LD_LIBRARY_PATH:-}"
   fi
-  size=1024
+  size=1024 eval_count=250
 else
   cargo build --release > "$out/build.log" 2>&1 || { log "build failed"; exit 1; }
   bin="${CARGO_TARGET_DIR:-target}/release/wesam"
-  size=256
+  size=256 eval_count=10
 fi
 log "binary: $bin"
 
@@ -112,7 +112,7 @@ data="$out/eval-data"
 ckpt="$out/vit_b_random.pth"
 "$python" -c 'import sys, torch; from segment_anything import sam_model_registry
 torch.manual_seed(0); torch.save(sam_model_registry["vit_b"]().state_dict(), sys.argv[1])' "$ckpt" \
-  && "$bin" synth --domain source --count 250 --image-size 512 --out "$data" --force \
+  && "$bin" synth --domain source --count "$eval_count" --image-size 512 --out "$data" --force \
     > "$out/synth.log" 2>&1 \
   || stage_failed eval-setup
 if [ -f "$ckpt" ] && [ -d "$data/images" ]; then

@@ -245,3 +245,54 @@ fn corrupt_writes_a_folder_dataset_with_the_same_masks() {
     }
     assert!(out.join("splits/train.txt").exists() && out.join("splits/test.txt").exists());
 }
+
+/// The kernels come from `--kernels`, else `WESAM_KERNELS`, else native; `bench --json` names
+/// them with the device and the precision.
+#[test]
+fn bench_reports_its_kernels_device_and_precision() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/sam-tiny.toml");
+    let bench = |kernels: Option<&str>, env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wesam"));
+        cmd.env_remove("WESAM_KERNELS");
+        if let Some(v) = env {
+            cmd.env("WESAM_KERNELS", v);
+        }
+        if let Some(k) = kernels {
+            cmd.args(["--kernels", k]);
+        }
+        let o = cmd
+            .args([
+                "bench",
+                "step",
+                "--model-config",
+                config,
+                "--image-size",
+                "64",
+            ])
+            .args(["--precision", "bf16", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["device"], "cpu");
+        assert_eq!(report["precision"], "bf16");
+        report["kernels"].as_str().unwrap().to_string()
+    };
+    assert_eq!(bench(None, None), "native");
+    assert_eq!(bench(None, Some("portable")), "portable");
+    assert_eq!(bench(Some("native"), Some("portable")), "native");
+    assert_eq!(bench(Some("portable"), None), "portable");
+}
+
+/// A device that cannot be opened stops `adapt` before the demo writes its data.
+#[test]
+fn a_missing_gpu_stops_adapt_before_any_data_is_written() {
+    let root = common::scratch();
+    let out = root.path().join("run");
+    let o = wesam(&["adapt", "--device", "cuda", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("CUDA"), "{err}");
+    assert!(!out.exists(), "{} was written", out.display());
+}

@@ -40,6 +40,9 @@ pub struct BenchArgs {
     pass: Pass,
     #[arg(long, value_parser = choice::<ModelType>(), default_value = "vit-b")]
     model_type: ModelType,
+    /// Another architecture (TOML, e.g. configs/sam-tiny.toml) instead of --model-type.
+    #[arg(long)]
+    model_config: Option<std::path::PathBuf>,
     /// Model input size (position tables interpolated when not the checkpoint's 1024).
     #[arg(long, default_value_t = 1024)]
     image_size: usize,
@@ -66,7 +69,7 @@ pub struct BenchArgs {
 struct BenchReport {
     #[serde(rename = "impl")]
     impl_: &'static str,
-    model_type: &'static str,
+    model_type: String,
     image_size: usize,
     pass: Pass,
     device: DeviceKind,
@@ -142,7 +145,13 @@ fn disc_sample(size: usize, n: usize) -> Sample {
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let dev = a.device.open()?;
     recompute::set_enabled(!a.no_recompute);
-    let config = SamConfig::official(a.model_type);
+    let (config, model_name) = match &a.model_config {
+        Some(path) => (SamConfig::from_file(path)?, path.display().to_string()),
+        None => (
+            SamConfig::official(a.model_type),
+            a.model_type.name().to_string(),
+        ),
+    };
     let mut sam = Sam::random(&config, Some(a.image_size), 0, &dev)?;
     sam.image_encoder.set_precision(a.precision);
     let lora = Lora::new(&config, &LoraConfig::default(), 0, &dev)?;
@@ -209,7 +218,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let report = BenchReport {
         impl_: "wesam-candle",
-        model_type: a.model_type.name(),
+        model_type: model_name,
         image_size: a.image_size,
         pass: a.pass,
         device: a.device,
