@@ -146,7 +146,8 @@ for label in ["step-pytorch", "step-wesam-f32", "step-wesam-bf16"]:
     ratio_t = ratio_m = ""
     if torch_step and label != "step-pytorch":
         ratio_t = f"{d['seconds'] / torch_step['seconds']:.2f}×"
-        a, b = d.get("peak_gpu_mib"), torch_step.get("peak_gpu_mib")
+        key = "peak_gpu_mib" if device == "cuda" else "peak_rss_mb"
+        a, b = d.get(key), torch_step.get(key)
         if a is not None and b:
             ratio_m = f"{a / b:.2f}×"
     print(f"| {label} | {d['seconds']:.3f} | {mem(d)} | {ratio_t} | {ratio_m} |")

@@ -14,9 +14,21 @@ fn main() {
             eprintln!("{e}");
             std::process::exit(130);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, `a: b: c`, without the backtraces candle attaches to
+/// its errors when `RUST_BACKTRACE` is set.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
+            Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
+            _ => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Lets glibc's allocator reuse freed memory instead of returning it to the kernel.

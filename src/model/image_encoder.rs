@@ -356,8 +356,8 @@ impl ImageEncoder {
         })
     }
 
-    /// Computes in `precision` from now on. Weights, adapters and the returned embeddings stay
-    /// f32; activations and products are in the low precision, the norms and softmaxes in f32.
+    /// Computes in `precision` from now on (see [`ImageEncoder::forward`]). Weights, adapters
+    /// and the returned embeddings stay f32.
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
         for block in &mut self.blocks {
