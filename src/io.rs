@@ -62,3 +62,121 @@ pub fn write_image(path: &Path, img: &DynamicImage) -> anyhow::Result<()> {
 pub fn write_npy(path: &Path, t: &Tensor) -> anyhow::Result<()> {
     write_atomically(path, |tmp| Ok(t.write_npy(tmp)?))
 }
+
+/// `path` made absolute with symbolic links resolved, also when it does not exist yet: its
+/// nearest existing ancestor is resolved and the rest appended (`..` in the rest is taken
+/// lexically).
+pub fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut absolute = PathBuf::new();
+    for part in std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .components()
+    {
+        match part {
+            Component::ParentDir => {
+                absolute.pop();
+            }
+            Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// The deepest directory that holds every one of `files`: the root of a dataset's files.
+pub fn common_root<'a>(files: impl IntoIterator<Item = &'a Path>) -> Option<PathBuf> {
+    files
+        .into_iter()
+        .filter_map(|f| resolved(f).parent().map(Path::to_path_buf))
+        .reduce(|root, dir| {
+            let mut common = PathBuf::new();
+            for (a, b) in root.components().zip(dir.components()) {
+                if a != b {
+                    break;
+                }
+                common.push(a);
+            }
+            common
+        })
+}
+
+/// Refuses an output directory that would destroy what the user has: `out` equal to or inside
+/// `input` (the root of the data being read) always, and an `out` that already holds files
+/// unless `force`. `flag` names the option in the messages.
+pub fn check_output_dir(
+    out: &Path,
+    input: Option<&Path>,
+    force: bool,
+    flag: &str,
+) -> anyhow::Result<()> {
+    let target = resolved(out);
+    if let Some(input) = input.map(resolved) {
+        if target.starts_with(&input) {
+            anyhow::bail!(
+                "{flag} {} is inside the dataset being read ({}): writing there would overwrite \
+                 or mix with its files; choose a directory outside it",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    let occupied = std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !force {
+        anyhow::bail!(
+            "{flag} {} already holds files; choose another directory or pass --force to write \
+             over them",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_inside_the_input_or_over_files_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir_all(data.join("images")).unwrap();
+        std::fs::create_dir_all(data.join("masks")).unwrap();
+        let files = [data.join("images/a.png"), data.join("masks/a.png")];
+        for f in &files {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let input = common_root(files.iter().map(PathBuf::as_path)).unwrap();
+        assert_eq!(input, resolved(&data));
+        // The dataset itself, a folder in it, a folder not yet made in it: always refused.
+        for out in [data.clone(), data.join("masks"), data.join("new/deeper")] {
+            let err = check_output_dir(&out, Some(&input), true, "--out").unwrap_err();
+            assert!(err.to_string().contains("inside the dataset"), "{err}");
+        }
+        // A path that reaches the dataset through `..` is the dataset.
+        let dotted = root.path().join("elsewhere/../data/images");
+        assert!(check_output_dir(&dotted, Some(&input), true, "--out").is_err());
+        // Beside the dataset: new or empty folders are fine, occupied ones need --force.
+        let beside = root.path().join("out");
+        check_output_dir(&beside, Some(&input), false, "--out").unwrap();
+        std::fs::create_dir_all(&beside).unwrap();
+        check_output_dir(&beside, Some(&input), false, "--out").unwrap();
+        std::fs::write(beside.join("kept.txt"), b"user data").unwrap();
+        let err = check_output_dir(&beside, Some(&input), false, "--out").unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        check_output_dir(&beside, Some(&input), true, "--out").unwrap();
+    }
+}

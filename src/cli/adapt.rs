@@ -14,7 +14,7 @@ use wesam::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Selection, Trainable,
 };
 use wesam::adapt::losses::AnchorWeighting;
-use wesam::adapt::run_dir::RunDir;
+use wesam::adapt::run_dir::{RunDir, RunLock};
 use wesam::adapt::trainer::{RunControl, Trainer};
 use wesam::data::corrupt::Corruption;
 use wesam::data::prompts::PromptKind;
@@ -269,18 +269,24 @@ fn refuse_existing_run(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The run's configuration and directory: a resumed run's own, the demo's, or a new run's from
-/// the flags (never an existing run's directory).
-fn configure_run(a: &AdaptArgs, objective: Objective) -> anyhow::Result<(AdaptConfig, RunDir)> {
+/// The run's configuration and directory, held by this process (see [`RunDir::lock`]): a
+/// resumed run's own, the demo's, or a new run's from the flags (never an existing run's
+/// directory).
+fn configure_run(
+    a: &AdaptArgs,
+    objective: Objective,
+) -> anyhow::Result<(AdaptConfig, RunDir, RunLock)> {
     let command = match objective {
         Objective::SelfTraining => "adapt",
         Objective::Supervised => "train",
     };
-    let (cfg, run) = match &a.resume {
-        Some(dir) => (
-            AdaptConfig::from_file(&RunDir(dir.clone()).config())?,
-            RunDir(dir.clone()),
-        ),
+    let (cfg, run, lock) = match &a.resume {
+        Some(dir) => {
+            let run = RunDir(dir.clone());
+            let cfg = AdaptConfig::from_file(&run.config())?;
+            let lock = run.lock()?;
+            (cfg, run, lock)
+        }
         None if a.config.is_none() && a.dataset.is_none() => {
             if objective == Objective::Supervised {
                 bail!("give --dataset NAME|DIR (or --config FILE); see `wesam train --help`");
@@ -291,8 +297,9 @@ fn configure_run(a: &AdaptArgs, objective: Objective) -> anyhow::Result<(AdaptCo
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("runs/adapt-demo-{}", utc_stamp())));
             refuse_existing_run(&out)?;
+            let lock = RunDir(out.clone()).lock()?;
             let cfg = resolve(a, objective, Some(super::demo::prepare(&out)?))?;
-            (cfg, RunDir(out))
+            (cfg, RunDir(out), lock)
         }
         None => {
             let cfg = resolve(a, objective, None)?;
@@ -309,16 +316,17 @@ fn configure_run(a: &AdaptArgs, objective: Objective) -> anyhow::Result<(AdaptCo
                 PathBuf::from(format!("runs/{command}-{dataset}-{prompt}-{}", utc_stamp()))
             });
             refuse_existing_run(&out)?;
-            (cfg, RunDir(out))
+            let lock = RunDir(out.clone()).lock()?;
+            (cfg, RunDir(out), lock)
         }
     };
-    Ok((cfg, run))
+    Ok((cfg, run, lock))
 }
 
 fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
     // First, so that a device that cannot be opened fails before any data is written or read.
     let dev = a.device.open()?;
-    let (cfg, run) = configure_run(&a, objective)?;
+    let (cfg, run, _lock) = configure_run(&a, objective)?;
     if cfg.objective != objective {
         bail!(
             "{} is a `wesam {}` run; resume it with that command",

@@ -9,7 +9,7 @@ use super::choice::{choice, default_name};
 use wesam::adapt::config::DataConfig;
 use wesam::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
 use wesam::data::datasets::{self, DatasetSpec};
-use wesam::data::{Dataset, DatasetOptions, InstanceMode};
+use wesam::data::{Dataset, DatasetOptions, InstanceMode, Record};
 use wesam::device::DeviceKind;
 use wesam::model::{Lora, ModelType, Precision, Sam};
 use wesam::profile::Profile;
@@ -48,6 +48,15 @@ impl ModelArgs {
         };
         Ok((sam, lora, dev))
     }
+}
+
+/// The directory that holds every image and annotation file of `records`: what an output
+/// must never be written into.
+pub fn dataset_root(records: &[Record]) -> Option<PathBuf> {
+    let files = records
+        .iter()
+        .flat_map(|r| std::iter::once(r.image.as_path()).chain(r.annotation.as_deref()));
+    wesam::io::common_root(files)
 }
 
 /// Which dataset, where, and how its masks are read.

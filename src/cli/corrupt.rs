@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use image::{DynamicImage, GrayImage, Luma};
 
-use super::args::DatasetArgs;
+use super::args::{dataset_root, DatasetArgs};
 use super::progress::Terminal;
 use wesam::data::loader::{default_chunk, load_parallel};
 use wesam::data::Split;
@@ -17,9 +17,12 @@ use wesam::progress::Progress;
 pub struct CorruptArgs {
     #[command(flatten)]
     data: DatasetArgs,
-    /// Output directory (gets images/, masks/ and splits/).
+    /// Output directory (gets images/, masks/ and splits/); never inside the input dataset.
     #[arg(long)]
     out: PathBuf,
+    /// Write into an --out that already holds files.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: CorruptArgs) -> anyhow::Result<()> {
@@ -28,6 +31,8 @@ pub fn run(a: CorruptArgs) -> anyhow::Result<()> {
     }
     let ds = a.data.open(a.data.options(Profile::Sam))?;
     let records = ds.records(Split::All);
+    let input = dataset_root(&records);
+    wesam::io::check_output_dir(&a.out, input.as_deref(), a.force, "--out")?;
     let bar = Terminal::default();
     bar.begin("corrupt", records.len(), 0);
     let mut written = 0;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::args::{DatasetArgs, ModelArgs};
+use super::args::{dataset_root, DatasetArgs, ModelArgs};
 use super::choice::{choice, default_name, name};
 use super::progress::Terminal;
 use wesam::adapt::config::{DataConfig, TrainConfig};
@@ -39,9 +39,13 @@ pub struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Write predicted masks (instance ids) and overlays into this directory.
+    /// Write predicted masks (instance ids) and overlays into this directory (never inside the
+    /// dataset).
     #[arg(long)]
     save_masks: Option<PathBuf>,
+    /// Write --save-masks into a directory that already holds files.
+    #[arg(long)]
+    force: bool,
     /// Write per-instance scores to this CSV file.
     #[arg(long)]
     per_instance: Option<PathBuf>,
@@ -81,6 +85,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             a.split,
             dataset.name()
         );
+    }
+    if let Some(dir) = &a.save_masks {
+        let input = dataset_root(&dataset.records(Split::All));
+        wesam::io::check_output_dir(dir, input.as_deref(), a.force, "--save-masks")?;
     }
     let cfg = EvalConfig {
         save_masks: a.save_masks.clone(),

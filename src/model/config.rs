@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The largest model input size accepted: 4 × the official 1024, already 16 × its activations.
+pub const MAX_INPUT_SIZE: usize = 4096;
+
 /// Every architecture argument of the official SAM modules that a configuration may change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +175,20 @@ impl SamConfig {
         )?;
         check(self.iou_head_depth >= 1, "iou_head_depth must be >= 1")?;
         check(self.mlp_ratio > 0.0, "mlp_ratio must be > 0")?;
+        Ok(())
+    }
+
+    /// Refuses a model input size (`--image-size`) this architecture cannot run at: zero, not a
+    /// multiple of the patch size, or above [`MAX_INPUT_SIZE`].
+    pub fn check_input_size(&self, size: usize) -> anyhow::Result<()> {
+        let p = self.vit_patch_size;
+        if size == 0 || !size.is_multiple_of(p) || size > MAX_INPUT_SIZE {
+            anyhow::bail!(
+                "--image-size {size}: the model's input size must be a positive multiple of its \
+                 patch size ({p}), at most {MAX_INPUT_SIZE} (its checkpoint's is {})",
+                self.image_size
+            );
+        }
         Ok(())
     }
 }

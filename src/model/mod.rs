@@ -97,6 +97,9 @@ impl Sam {
         config
             .validate()
             .with_context(|| format!("{}", state.path.display()))?;
+        if let Some(size) = input_size {
+            config.check_input_size(size)?;
+        }
         let mut sam =
             checkpoint::build_checked(&state, dev, |vb| Self::new(&config, input_size, vb))?;
         sam.weights = state.tensors;

@@ -43,11 +43,12 @@ pub struct Frame {
 
 impl Frame {
     /// The frame of an `h x w` image in a `size` input: `new = int(dim * size / max(h, w) + 0.5)`
-    /// as `ResizeLongestSide.get_preprocess_shape`.
+    /// as `ResizeLongestSide.get_preprocess_shape`, but at least one pixel (the official code
+    /// fails on an image whose short side rounds to none, e.g. 300 × 1).
     pub fn new((h, w): (usize, usize), size: usize, mode: Preprocessing) -> Self {
-        let scale = size as f64 / h.max(w) as f64;
-        let rh = (h as f64 * scale + 0.5) as usize;
-        let rw = (w as f64 * scale + 0.5) as usize;
+        let scale = size as f64 / h.max(w).max(1) as f64;
+        let rh = ((h as f64 * scale + 0.5) as usize).max(1);
+        let rw = ((w as f64 * scale + 0.5) as usize).max(1);
         let offset = match mode {
             Preprocessing::Sam => (0, 0),
             Preprocessing::Reference => ((size - rh) / 2, (size - rw) / 2),

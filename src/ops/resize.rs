@@ -67,6 +67,9 @@ pub fn resize_2d(x: &Tensor, out_h: usize, out_w: usize, kind: Interpolation) ->
     let dims = x.dims().to_vec();
     let r = dims.len();
     let (h, w) = (dims[r - 2], dims[r - 1]);
+    if [h, w, out_h, out_w].contains(&0) {
+        candle_core::bail!("cannot resize {h} x {w} to {out_h} x {out_w}: empty image");
+    }
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
