@@ -108,3 +108,34 @@ fn a_run_directory_is_held_by_one_run_at_a_time() {
     );
     drop(held);
 }
+
+/// Numbers a run cannot use are refused from flags and from config files alike, naming the
+/// setting, before a run directory or any data is written.
+#[test]
+fn unusable_numbers_are_refused_before_anything_is_written() {
+    let root = common::scratch();
+    let config = root.path().join("nan.toml");
+    std::fs::write(&config, "[train]\nlr = nan\n").unwrap();
+    let cases: [(&[&str], &str); 8] = [
+        (&["--lr", "nan"], "train.lr"),
+        (&["--lr", "inf"], "train.lr"),
+        (&["--lr", "0"], "train.lr"),
+        (&["--batch-size", "0"], "train.batch_size"),
+        (&["--ema", "1"], "train.ema_momentum"),
+        (&["--severity", "9"], "data.severity"),
+        (&["--val-fraction", "1"], "data.options.val_fraction"),
+        (&["--config", config.to_str().unwrap()], "train.lr"),
+    ];
+    for (i, (flags, key)) in cases.iter().enumerate() {
+        let out = root.path().join(format!("run-{i}"));
+        let mut args = vec!["adapt", "--out", out.to_str().unwrap()];
+        if flags[0] == "--config" {
+            args.extend(["--dataset", root.path().to_str().unwrap()]);
+        }
+        args.extend(flags.iter());
+        let o = wesam(&args);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(key), "{flags:?}: {}", stderr(&o));
+        assert!(!out.exists(), "{flags:?}: {} was written", out.display());
+    }
+}

@@ -266,9 +266,88 @@ const BUILT_IN: &[(&str, &str)] = &[
 ];
 
 impl AdaptConfig {
-    /// Parses TOML, naming `origin` in errors.
+    /// Parses TOML and checks the values ([`AdaptConfig::validate`]), naming `origin` in errors.
     pub fn from_toml(text: &str, origin: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).with_context(|| format!("invalid configuration {origin}"))
+        let cfg: Self =
+            toml::from_str(text).with_context(|| format!("invalid configuration {origin}"))?;
+        cfg.validate()
+            .with_context(|| format!("invalid configuration {origin}"))?;
+        Ok(cfg)
+    }
+
+    /// Refuses numbers a run cannot use, whether from a file or a flag: every one must be
+    /// finite and in its range. The message names the setting by its config key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let (t, d, lora) = (&self.train, &self.data, &self.model.lora);
+        let positive = "a finite number > 0";
+        let checks = [
+            (t.lr.is_finite() && t.lr > 0.0, "train.lr", "--lr", positive),
+            (
+                t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+                "train.weight_decay",
+                "--weight-decay",
+                "a finite number >= 0",
+            ),
+            (
+                t.batch_size >= 1,
+                "train.batch_size",
+                "--batch-size",
+                "at least 1",
+            ),
+            (
+                t.max_instances >= 1,
+                "train.max_instances",
+                "--max-instances",
+                "at least 1",
+            ),
+            (
+                t.max_nonfinite >= 1,
+                "train.max_nonfinite",
+                "",
+                "at least 1",
+            ),
+            (
+                t.ema_momentum.is_none_or(|m| (0.0..1.0).contains(&m)),
+                "train.ema_momentum",
+                "--ema",
+                "in [0, 1)",
+            ),
+            (
+                (1..=5).contains(&d.severity),
+                "data.severity",
+                "--severity",
+                "1 to 5",
+            ),
+            (
+                (0.0..1.0).contains(&d.options.val_fraction),
+                "data.options.val_fraction",
+                "--val-fraction",
+                "in [0, 1)",
+            ),
+            (
+                lora.rank >= 1,
+                "model.lora.rank",
+                "--lora-rank",
+                "at least 1",
+            ),
+            (
+                lora.scale.is_finite(),
+                "model.lora.scale",
+                "--lora-scale",
+                "a finite number",
+            ),
+        ];
+        for (ok, key, flag, range) in checks {
+            if !ok {
+                let flag = if flag.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({flag})")
+                };
+                anyhow::bail!("{key}{flag} must be {range}");
+            }
+        }
+        Ok(())
     }
 
     /// Reads a configuration file.

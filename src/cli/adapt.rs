@@ -222,6 +222,7 @@ fn resolve(
         }
     }
     c.data.options = c.data.options.for_profile(c.profile);
+    c.validate()?;
     Ok(c)
 }
 
@@ -296,9 +297,10 @@ fn configure_run(
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("runs/adapt-demo-{}", utc_stamp())));
+            let cfg = resolve(a, objective, Some(super::demo::config(&out)?))?;
             refuse_existing_run(&out)?;
             let lock = RunDir(out.clone()).lock()?;
-            let cfg = resolve(a, objective, Some(super::demo::prepare(&out)?))?;
+            super::demo::write_inputs(&out)?;
             (cfg, RunDir(out), lock)
         }
         None => {

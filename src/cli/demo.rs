@@ -28,10 +28,19 @@ const COUNT: usize = 200;
 /// Seed of the demo's scenes: not the source model's training seed (1).
 const SEED: u64 = 7;
 
-/// Writes the demo's inputs into the run directory `out` (the bundled model as
-/// `source-model.safetensors` and the target domain under `data/`) and returns the run's
-/// configuration: `configs/synth.toml` on that data with box prompts.
-pub fn prepare(out: &Path) -> anyhow::Result<AdaptConfig> {
+/// The demo's configuration for the run directory `out`: `configs/synth.toml` with box prompts
+/// on the inputs that [`write_inputs`] puts there.
+pub fn config(out: &Path) -> anyhow::Result<AdaptConfig> {
+    let mut cfg = AdaptConfig::from_toml(SYNTH_CONFIG, "configs/synth.toml")?;
+    cfg.data.dataset = out.join("data").display().to_string();
+    cfg.model.checkpoint = Some(out.join("source-model.safetensors"));
+    cfg.prompt = PromptKind::Box;
+    Ok(cfg)
+}
+
+/// Writes the demo's inputs into the run directory `out`: the bundled model as
+/// `source-model.safetensors` and the generated target domain under `data/`.
+pub fn write_inputs(out: &Path) -> anyhow::Result<()> {
     let data = out.join("data");
     let model = out.join("source-model.safetensors");
     wesam::io::write_atomically(&model, |tmp| {
@@ -53,9 +62,5 @@ pub fn prepare(out: &Path) -> anyhow::Result<AdaptConfig> {
         info.instances,
         data.display()
     );
-    let mut cfg = AdaptConfig::from_toml(SYNTH_CONFIG, "configs/synth.toml")?;
-    cfg.data.dataset = data.display().to_string();
-    cfg.model.checkpoint = Some(model);
-    cfg.prompt = PromptKind::Box;
-    Ok(cfg)
+    Ok(())
 }

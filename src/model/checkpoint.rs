@@ -79,11 +79,21 @@ pub fn read_safetensors(
 }
 
 /// Writes tensors and metadata as safetensors, atomically (see [`crate::io::write_atomically`]).
+/// Refuses, naming the tensor, to write a non-finite value: such weights are unusable, and the
+/// file they would replace may not be.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> anyhow::Result<()> {
+    for (name, t) in tensors {
+        if t.dtype().is_float() && !all_finite(t)? {
+            anyhow::bail!(
+                "refusing to write {}: tensor {name} holds NaN or infinite values",
+                path.display()
+            );
+        }
+    }
     let contiguous = tensors
         .iter()
         .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
@@ -95,6 +105,13 @@ pub fn write_safetensors(
             tmp,
         )?)
     })
+}
+
+/// Whether every element of a float tensor is finite (`x - x` is 0 exactly for those).
+pub fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let t = t.to_dtype(DType::F32)?;
+    let bad = (&t - &t)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+    Ok(bad == 0.0)
 }
 
 /// Strips a wrapper prefix (`model.`, `module.`, `sam.`) shared by every key.
@@ -451,4 +468,25 @@ pub fn random_state_dict(
     super::Sam::new(config, None, vb)?;
     let made = std::mem::take(&mut *made.lock().unwrap());
     Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_finite_weight_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.safetensors");
+        std::fs::write(&path, b"the previous file").unwrap();
+        let good = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let t = Tensor::new(&[1f32, bad], &Device::Cpu).unwrap();
+            let tensors = vec![("a".to_string(), good.clone()), ("b.weight".to_string(), t)];
+            let err = write_safetensors(&path, &tensors, HashMap::new()).unwrap_err();
+            assert!(err.to_string().contains("b.weight"), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"the previous file");
+        }
+        write_safetensors(&path, &[("a".to_string(), good)], HashMap::new()).unwrap();
+    }
 }
