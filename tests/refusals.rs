@@ -139,3 +139,45 @@ fn unusable_numbers_are_refused_before_anything_is_written() {
         assert!(!out.exists(), "{flags:?}: {} was written", out.display());
     }
 }
+
+/// A run or an evaluation that had nothing to work on fails, saying why, and writes no weights.
+#[test]
+fn nothing_to_train_or_evaluate_is_an_error() {
+    let root = common::scratch();
+    let data = root.path().join("empty-masks");
+    make_dataset(&data, 4);
+    for i in 0..4 {
+        image::GrayImage::new(96, 80)
+            .save(data.join(format!("masks/{i:03}.png")))
+            .unwrap();
+    }
+    let model = fixture_dir().join("model.safetensors");
+    let model = model.to_str().unwrap();
+    let data = data.to_str().unwrap();
+    let o = wesam(&[
+        "eval",
+        "--checkpoint",
+        model,
+        "--dataset",
+        data,
+        "--split",
+        "all",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no instance"), "{}", stderr(&o));
+    let out = root.path().join("run");
+    let o = wesam(&[
+        "adapt",
+        "--checkpoint",
+        model,
+        "--dataset",
+        data,
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!out.join("adapter.safetensors").exists());
+    assert!(!out.join("merged.safetensors").exists());
+}

@@ -348,6 +348,14 @@ impl<'a> Trainer<'a> {
 
     /// Ends the epoch: evaluates, scores it for selection, logs it and checkpoints.
     pub fn end_epoch(&mut self) -> Result<()> {
+        if self.state.partial.steps == 0 {
+            bail!(
+                "epoch {}: none of its {} steps trained (every batch was skipped: no loadable \
+                 image with an instance, or a non-finite loss); nothing to keep",
+                self.state.epoch + 1,
+                self.state.partial.skipped_steps
+            );
+        }
         let model = self.trained.eval_model(self.sam);
         let lora = self.trained.kept_lora();
         let report = self.eval_on(model, lora, &self.eval, "eval")?;

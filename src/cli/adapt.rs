@@ -354,7 +354,8 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
 
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
-    // A second Ctrl-C is not caught again: the handler only sets the flag.
+    // Ctrl-C, SIGTERM (a scheduler's stop) and SIGHUP end the run after the current step, with
+    // a checkpoint. The handler only sets the flag.
     let _ = ctrlc::set_handler(move || {
         eprintln!("\ninterrupt: saving a checkpoint after this step...");
         flag.store(true, Ordering::SeqCst);

@@ -292,6 +292,24 @@ pub fn evaluate(
         let (miou, _, _) = means.percent();
         progress.advance(&format!("mIoU {miou:.2}"));
     }
+    if means.images == 0 {
+        let why: Vec<String> = report
+            .skipped
+            .iter()
+            .take(3)
+            .map(|s| format!("{}: {}", s.file, s.reason))
+            .collect();
+        anyhow::bail!(
+            "no image could be evaluated: all {} were skipped ({}{})",
+            report.skipped.len(),
+            why.join("; "),
+            if report.skipped.len() > 3 {
+                "; ..."
+            } else {
+                ""
+            }
+        );
+    }
     (report.miou, report.dice, report.biou) = means.percent();
     (report.images, report.instances) = (means.images, means.instances);
     report.agreement = 100.0 * agreement_sum / means.images.max(1) as f64;
