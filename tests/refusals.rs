@@ -181,3 +181,20 @@ fn nothing_to_train_or_evaluate_is_an_error() {
     assert!(!out.join("adapter.safetensors").exists());
     assert!(!out.join("merged.safetensors").exists());
 }
+
+/// `--resume` continues a run with its own configuration: a flag that would change it is refused
+/// instead of silently ignored.
+#[test]
+fn resume_refuses_flags_that_would_change_the_run() {
+    for flag in [
+        &["--lr", "1e-3"][..],
+        &["--epochs", "9"],
+        &["--precision", "bf16"],
+    ] {
+        let mut args = vec!["adapt", "--resume", "some-run"];
+        args.extend(flag);
+        let o = wesam(&args);
+        assert_eq!(o.status.code(), Some(2), "{flag:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    }
+}

@@ -279,6 +279,7 @@ impl AdaptConfig {
     /// finite and in its range. The message names the setting by its config key.
     pub fn validate(&self) -> anyhow::Result<()> {
         let (t, d, lora) = (&self.train, &self.data, &self.model.lora);
+        let exponent = self.losses.anchor_trust_exponent;
         let positive = "a finite number > 0";
         let checks = [
             (t.lr.is_finite() && t.lr > 0.0, "train.lr", "--lr", positive),
@@ -336,6 +337,12 @@ impl AdaptConfig {
                 "--lora-scale",
                 "a finite number",
             ),
+            (
+                exponent.is_finite() && exponent > 0.0,
+                "losses.anchor_trust_exponent",
+                "--anchor-trust-exponent",
+                "a positive number",
+            ),
         ];
         for (ok, key, flag, range) in checks {
             if !ok {
@@ -344,7 +351,7 @@ impl AdaptConfig {
                 } else {
                     format!(" ({flag})")
                 };
-                anyhow::bail!("{key}{flag} must be {range}");
+                anyhow::bail!("{key} must be {range}{flag}");
             }
         }
         Ok(())

@@ -114,10 +114,7 @@ impl<'a> Trainer<'a> {
         run: &'a RunDir,
         observer: &'a dyn Observer,
     ) -> Result<Self> {
-        let exponent = cfg.losses.anchor_trust_exponent;
-        if !(exponent.is_finite() && exponent > 0.0) {
-            bail!("anchor_trust_exponent must be a positive number, got {exponent}");
-        }
+        cfg.validate()?;
         let mut train = dataset.records(cfg.data.train_split);
         if let Some(n) = cfg.data.train_limit {
             train.truncate(n);

@@ -122,8 +122,16 @@ pub struct AdaptArgs {
     /// Run directory (default: runs/<dataset>-<prompt>-<UTC time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint (its config.toml is used).
-    #[arg(long, conflicts_with_all = ["config", "dataset", "out"])]
+    /// Continue the run in this directory from its last checkpoint, with its config.toml: no
+    /// flag that would change the run is accepted beside it.
+    #[arg(long, conflicts_with_all = [
+        "config", "dataset", "data_root", "prompt", "checkpoint", "model_type", "init",
+        "model_config", "trainable", "train_names", "image_size", "profile", "epochs",
+        "batch_size", "lr", "optimizer", "weight_decay", "ema", "lora_rank", "lora_scale",
+        "lora_blocks", "without", "anchor_weighting", "anchor_trust_exponent", "loss_resolution",
+        "max_instances", "seed", "val_fraction", "select", "train_limit", "eval_limit",
+        "eval_split", "checkpoint_every", "out", "precision", "corruption", "severity",
+    ])]
     resume: Option<PathBuf>,
     /// End by printing one JSON object (direct and adapted scores, run directory) on stdout.
     #[arg(long)]

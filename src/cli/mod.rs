@@ -70,3 +70,40 @@ pub fn run() -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of `adapt` that changes a run conflicts with `--resume` (which continues with
+    /// the run's own configuration), new flags included.
+    #[test]
+    fn resume_conflicts_with_every_flag_that_changes_a_run() {
+        let cli = super::Cli::command();
+        let adapt = cli.find_subcommand("adapt").unwrap();
+        let resume = adapt
+            .get_arguments()
+            .find(|a| a.get_id() == "resume")
+            .unwrap();
+        let conflicts: Vec<&str> = adapt
+            .get_arg_conflicts_with(resume)
+            .iter()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        let allowed = [
+            "resume",
+            "json",
+            "device",
+            "crash_after_steps",
+            "kernels",
+            "help",
+        ];
+        for arg in adapt.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                allowed.contains(&id) || conflicts.contains(&id),
+                "--{id} does not conflict with --resume"
+            );
+        }
+    }
+}
