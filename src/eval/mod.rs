@@ -292,6 +292,9 @@ pub fn evaluate(
         let (miou, _, _) = means.percent();
         progress.advance(&format!("mIoU {miou:.2}"));
     }
+    if means.images == 0 && report.skipped.is_empty() {
+        anyhow::bail!("no image to evaluate: the split is empty");
+    }
     if means.images == 0 {
         let why: Vec<String> = report
             .skipped
