@@ -75,7 +75,24 @@ pub fn read_safetensors(
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
         .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    refuse_non_finite(path, &tensors)?;
     Ok((tensors, meta))
+}
+
+/// Refuses weights read from `path` that hold NaN or infinity, naming the tensor: they would
+/// give empty masks (or NaN adapters) without any other sign.
+fn refuse_non_finite(path: &Path, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        if !all_finite(&tensors[name])? {
+            bail!(
+                "{}: tensor {name} holds NaN or infinite values",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes tensors and metadata as safetensors, atomically (see [`crate::io::write_atomically`]).
@@ -108,7 +125,7 @@ pub fn write_safetensors(
 }
 
 /// Whether every element of a float tensor is finite.
-pub fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     Ok(values.iter().all(|v| v.is_finite()))
 }
@@ -191,11 +208,12 @@ fn read_pth(path: &Path, dev: &Device) -> anyhow::Result<HashMap<String, Tensor>
     for key in [None, Some("model"), Some("state_dict")] {
         match candle_core::pickle::read_all_with_key(path, key) {
             Ok(v) if !v.is_empty() => {
-                return v
+                let tensors = v
                     .into_iter()
                     .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(dev)?)))
-                    .collect::<candle_core::Result<HashMap<_, _>>>()
-                    .map_err(Into::into);
+                    .collect::<candle_core::Result<HashMap<_, _>>>()?;
+                refuse_non_finite(path, &tensors)?;
+                return Ok(tensors);
             }
             Ok(_) => {}
             Err(e) => last_err = Some(e),
@@ -487,5 +505,22 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), b"the previous file");
         }
         write_safetensors(&path, &[("a".to_string(), good)], HashMap::new()).unwrap();
+    }
+
+    #[test]
+    fn weights_with_a_non_finite_value_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nan.safetensors");
+        let t = Tensor::new(&[1f32, f32::NAN], &Device::Cpu).unwrap();
+        // Written around the project's writer, which refuses it.
+        candle_core::safetensors::save(&HashMap::from([("x.weight".to_string(), t)]), &path)
+            .unwrap();
+        let err = read_safetensors(&path, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.weight") && err.contains("nan.safetensors"),
+            "{err}"
+        );
     }
 }
