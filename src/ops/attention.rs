@@ -247,7 +247,7 @@ impl CustomOp3 for RelPosAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::max_diff;
+    use crate::ops::test_util::assert_kernels_match;
     use candle_core::Var;
 
     #[test]
@@ -283,14 +283,7 @@ mod tests {
                 .unwrap();
             (y, [x, a, c].map(|t| g.get(t).unwrap().clone()))
         };
-        let (y0, g0) = run(0);
-        for kernel in [1, 2] {
-            let (y, g) = run(kernel);
-            assert!(max_diff(&y, &y0) < 1e-5);
-            for (a, b) in g.iter().zip(&g0) {
-                assert!(max_diff(a, b) < 1e-4, "{}", max_diff(a, b));
-            }
-        }
+        assert_kernels_match("attention", run, 1e-5, 1e-4);
     }
 
     #[test]

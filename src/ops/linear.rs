@@ -209,7 +209,7 @@ impl CustomOp2 for BiasAddOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::test_util::{max_diff, value_and_grad};
+    use crate::ops::test_util::{assert_kernels_match, max_diff, value_and_grad};
     use candle_core::{Device, Var};
 
     #[test]
@@ -286,14 +286,7 @@ mod tests {
                     .unwrap();
                 (out, [yt, bt].map(|t| g.get(t).unwrap().clone()))
             };
-            let (o0, g0) = run(0);
-            for kernel in [1, 2] {
-                let (o, g) = run(kernel);
-                assert!(max_diff(&o, &o0) < 1e-6);
-                for (a, b) in g.iter().zip(&g0) {
-                    assert!(max_diff(a, b) < 1e-5, "dim {dim}: {}", max_diff(a, b));
-                }
-            }
+            assert_kernels_match(&format!("bias on dim {dim}"), run, 1e-6, 1e-5);
         }
     }
 }

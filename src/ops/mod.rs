@@ -144,6 +144,30 @@ pub(crate) mod test_util {
         d.max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
+    /// Checks both kernel sets against candle's full graph: `run(0)` is that reference, `run(1)`
+    /// the op as dispatched (native unless `WESAM_KERNELS=portable`), `run(2)` the portable
+    /// kernel; each returns a value and its gradients. `what` names the case in failures.
+    pub fn assert_kernels_match<const N: usize>(
+        what: &str,
+        run: impl Fn(usize) -> (Tensor, [Tensor; N]),
+        tol_value: f32,
+        tol_grad: f32,
+    ) {
+        let (y0, g0) = run(0);
+        for kernel in [1, 2] {
+            let (y, g) = run(kernel);
+            let d = max_diff(&y, &y0);
+            assert!(d < tol_value, "{what}, kernel {kernel}: value off by {d}");
+            for (i, (a, b)) in g.iter().zip(&g0).enumerate() {
+                let d = max_diff(a, b);
+                assert!(
+                    d < tol_grad,
+                    "{what}, kernel {kernel}: gradient {i} off by {d}"
+                );
+            }
+        }
+    }
+
     /// Value and gradient of `f` at `x` under the loss `sum(f(x) * probe)`.
     pub fn value_and_grad(
         x: &Var,
