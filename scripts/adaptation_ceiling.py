@@ -12,7 +12,7 @@ a time:
 each with the ground truth (`wesam train`, supervised) and with the WeSAM objective on the same
 prompts (`wesam adapt`, the full method), and writes `table.md` and `table.csv` to --out: the
 direct mIoU and every run's mIoU on the domain's test split. Each run keeps its last epoch
-(`--select auto`), so a collapse shows as one.
+(`--select last`), so a collapse shows as one.
 
 Usage: cargo build --release && python3 scripts/adaptation_ceiling.py [--out DIR]
 """
@@ -61,7 +61,7 @@ def main():
     def run(job):
         domain, weights, objective = job
         args = [OBJECTIVES[objective], "--config", config, "--dataset", os.path.join(a.out, "data", domain),
-                "--checkpoint", a.model, "--prompt", "box", "--select", "auto", *WEIGHTS[weights],
+                "--checkpoint", a.model, "--prompt", "box", "--select", "last", *WEIGHTS[weights],
                 "--out", os.path.join(a.out, "runs", f"{domain}-{weights}-{objective}"), "--json"]
         return wesam(a.wesam, args, log)
 

@@ -106,7 +106,7 @@ def run_cell(binary, log, out, config, model, target, prompt, source, extra, see
             row["full kept"] = r["kept_epoch"]
     run_dir = os.path.join(out, "runs", f"{name}-supervised")
     r = wesam(binary, ["train", "--config", config, *target["args"], "--checkpoint", model,
-                       "--prompt", prompt, "--select", "auto", *extra, "--out", run_dir, "--json"], log)
+                       "--prompt", prompt, "--select", "last", *extra, "--out", run_dir, "--json"], log)
     row["supervised"] = r["adapted"]["miou"]
     return row
 

@@ -91,7 +91,7 @@ def main():
                     help="candidate trust exponents of the weak-label weighting")
     ap.add_argument("--selections", default="weak-label",
                     help="candidate rules for the kept weights: weak-label (the suites' choice), "
-                         "auto (here: the last epoch)")
+                         "last (the last epoch)")
     add_kvasir_args(ap)
     a = ap.parse_args()
     a.out = a.out or os.path.join(ROOT, "bench-out", f"tune-{a.suite}")

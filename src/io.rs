@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::Tensor;
-use image::{DynamicImage, GrayImage, ImageFormat, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 /// `dir/.name.tmp` beside `path`: the name an output is written under before the rename.
 pub fn temporary_path(path: &Path) -> PathBuf {
@@ -35,16 +36,60 @@ pub fn write_atomically(
         .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }
 
-/// Reads an image as RGB.
-pub fn read_rgb(path: &Path) -> anyhow::Result<RgbImage> {
-    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    Ok(img.to_rgb8())
+/// Whether a JPEG's data reaches its end-of-image marker after its last scan. Decoders fill
+/// the missing part of a truncated file with grey without a word; the entropy-coded data can
+/// hold no marker, so the last start-of-scan followed by an end-of-image tells a whole file
+/// (thumbnails in the EXIF data come before the main image's scans).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xff, 0xd9]))
 }
 
-/// Reads a mask as one 8-bit channel (colour masks are converted to luma).
+/// An image file as an image viewer shows it: decoded, its EXIF orientation applied, and the
+/// orientation that was applied. A truncated JPEG is an error. `what` names the file's role in
+/// messages ("image", "mask").
+pub fn read_oriented(path: &Path, what: &str) -> anyhow::Result<(DynamicImage, Orientation)> {
+    let context = || format!("cannot read {what} {}", path.display());
+    let bytes = std::fs::read(path).with_context(context)?;
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .with_context(context)?;
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        anyhow::bail!(
+            "{what} {} is a truncated JPEG: its data ends before the end-of-image marker",
+            path.display()
+        );
+    }
+    let mut decoder = reader.into_decoder().with_context(context)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).with_context(context)?;
+    img.apply_orientation(orientation);
+    Ok((img, orientation))
+}
+
+/// The EXIF orientation that reading `path` applies, when it is not the identity (read from
+/// the header alone, for `wesam data check` to say so).
+pub fn exif_orientation(path: &Path) -> Option<Orientation> {
+    let mut decoder = ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?
+        .into_decoder()
+        .ok()?;
+    decoder
+        .orientation()
+        .ok()
+        .filter(|&o| o != Orientation::NoTransforms)
+}
+
+/// Reads an image as RGB ([`read_oriented`]).
+pub fn read_rgb(path: &Path) -> anyhow::Result<RgbImage> {
+    Ok(read_oriented(path, "image")?.0.to_rgb8())
+}
+
+/// Reads a mask as one 8-bit channel (colour masks are converted to luma; [`read_oriented`]).
 pub fn read_gray(path: &Path) -> anyhow::Result<GrayImage> {
-    let img = image::open(path).with_context(|| format!("cannot read mask {}", path.display()))?;
-    Ok(img.to_luma8())
+    Ok(read_oriented(path, "mask")?.0.to_luma8())
 }
 
 /// Writes an image in the format its extension names.

@@ -14,21 +14,27 @@ fn tiny_state() -> StateDict {
     StateDict::load(&fixture_dir().join("model.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn embed_of(path: &std::path::Path) -> Tensor {
-    let sam = Sam::load(path, None, None, &Device::Cpu).unwrap();
+fn embed_of(path: &std::path::Path, architecture: Option<&SamConfig>) -> Tensor {
+    let sam = Sam::load(path, architecture, None, &Device::Cpu).unwrap();
     sam.encode(&cases()["image"], None).unwrap()
 }
 
 #[test]
 fn pytorch_checkpoint_loads_like_the_safetensors() {
     let pth = fixture_dir().join("model.pth");
-    // A plain torch.save(state_dict) has no configuration: it is inferred from the shapes,
-    // except the decoder's head count, which no shape fixes (the tiny model has 2, not 8).
+    // A plain torch.save(state_dict) has no configuration, and the tiny model is no official
+    // type: its decoder's head count (2) is in no shape, so it is refused without one given.
     let state = StateDict::load(&pth, &Device::Cpu).unwrap();
     assert!(state.config.is_none());
-    let mut inferred = state.resolve_config(None).unwrap();
+    let err = format!("{:#}", state.resolve_config(None).unwrap_err());
+    assert!(
+        err.contains("model.pth") && err.contains("--model-config"),
+        "{err}"
+    );
     let expected = tiny_state().config.unwrap();
-    assert_eq!(inferred.decoder_num_heads, 8);
+    assert_eq!(state.resolve_config(Some(&expected)).unwrap(), expected);
+    let mut inferred = infer_config(&state.tensors).unwrap();
+    assert_eq!(inferred.decoder_num_heads, 8, "the shapes' guess is wrong");
     inferred.decoder_num_heads = expected.decoder_num_heads;
     assert_eq!(inferred, expected);
     let safetensors = tiny_state();
@@ -50,19 +56,27 @@ fn huggingface_layout_loads_with_official_names() {
     );
     assert_close(
         "hf embed",
-        &embed_of(&fixture_dir().join("model_hf.safetensors")),
+        &embed_of(
+            &fixture_dir().join("model_hf.safetensors"),
+            official.config.as_ref(),
+        ),
         &cases()["embed"],
         1e-4,
     );
 }
 
+/// An official checkpoint (as released: no configuration stored) is recognised exactly by its
+/// shapes, so it needs no flag.
 #[test]
 fn official_types_are_detected_from_shapes() {
-    {
-        let t = ModelType::VitB;
-        let weights = random_state_dict(&SamConfig::official(t), 0, &Device::Cpu).unwrap();
-        assert_eq!(infer_config(&weights).unwrap().model_type(), Some(t));
-    }
+    let t = ModelType::VitB;
+    let state = StateDict {
+        tensors: random_state_dict(&SamConfig::official(t), 0, &Device::Cpu).unwrap(),
+        config: None,
+        path: "sam_vit_b_01ec64.pth".into(),
+    };
+    assert_eq!(infer_config(&state.tensors).unwrap().model_type(), Some(t));
+    assert_eq!(state.resolve_config(None).unwrap(), SamConfig::official(t));
 }
 
 fn write_tmp(
@@ -159,7 +173,12 @@ fn saved_weights_load_back_without_flags() {
     );
     let back = StateDict::load(&path, &Device::Cpu).unwrap();
     assert_eq!(back.config.as_ref(), Some(&sam.config));
-    assert_close("reloaded embed", &embed_of(&path), &cases()["embed"], 1e-4);
+    assert_close(
+        "reloaded embed",
+        &embed_of(&path, None),
+        &cases()["embed"],
+        1e-4,
+    );
 }
 
 #[test]
@@ -200,7 +219,7 @@ fn merged_weights_are_base_plus_ba_and_equal_the_adapted_model() {
     sam.save(&path, Some(&lora)).unwrap();
     assert_close(
         "merged embed",
-        &embed_of(&path),
+        &embed_of(&path, None),
         &cases()["embed_lora"],
         1e-4,
     );

@@ -628,3 +628,86 @@ fn data_check_reports_counts_splits_and_every_skipped_file() {
     assert!(text.contains("splits: train 4, val 0, test 0"), "{text}");
     assert!(text.contains("skipped or suspicious files: 5"), "{text}");
 }
+
+/// The bytes of `img` as a JPEG, with an EXIF orientation tag if given.
+fn jpeg_bytes(img: &RgbImage, orientation: Option<u16>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    if let Some(o) = orientation {
+        // APP1 after the start-of-image marker: "Exif\0\0", a big-endian TIFF header and one
+        // IFD entry, tag 0x0112 (orientation), type SHORT, count 1, value o.
+        let mut app1 = vec![0xff, 0xe1, 0, 34];
+        app1.extend(b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01");
+        app1.extend(o.to_be_bytes());
+        app1.extend([0, 0, 0, 0, 0, 0]);
+        bytes.splice(2..2, app1);
+    }
+    bytes
+}
+
+/// A truncated JPEG, which decoders fill with grey without a word, is reported by `data check`
+/// and left out of an evaluation, named; an image with an EXIF orientation is turned as image
+/// viewers show it (its mask then fits it), and `data check` says so.
+#[test]
+fn truncated_jpegs_are_skipped_and_exif_orientation_is_applied() {
+    let dir = scratch("jpeg");
+    let root = dir.path();
+    let circle = |x: u32, y: u32| {
+        if (x as i32 - 40).pow(2) + (y as i32 - 40).pow(2) < 200 {
+            1
+        } else {
+            0
+        }
+    };
+    for name in ["cut", "turned", "plain"] {
+        gray(&root.join(format!("masks/{name}.png")), 96, 80, circle);
+    }
+    let shown = RgbImage::from_fn(96, 80, |x, y| Rgb([(x * 2) as u8, (y * 3) as u8, 90]));
+    image(&root.join("images/plain.png"), 96, 80);
+    let whole = jpeg_bytes(&shown, None);
+    std::fs::write(root.join("images/cut.jpg"), &whole[..whole.len() * 3 / 4]).unwrap();
+    // Stored turned a quarter anticlockwise (80 wide, 96 high); orientation 6 turns it back.
+    let stored = image::imageops::rotate270(&shown);
+    std::fs::write(root.join("images/turned.jpg"), jpeg_bytes(&stored, Some(6))).unwrap();
+
+    let (report, _) = data_check(&["--dataset", root.to_str().unwrap(), "--json"]);
+    assert_eq!(report["images"], 2, "{report}");
+    let skipped = report["skipped"].to_string();
+    assert!(
+        skipped.contains("cut.jpg") && skipped.contains("truncated"),
+        "{skipped}"
+    );
+    let oriented = report["oriented"].to_string();
+    assert!(
+        oriented.contains("turned.jpg") && !oriented.contains("plain"),
+        "{oriented}"
+    );
+    let turned = wesam::io::read_rgb(&root.join("images/turned.jpg")).unwrap();
+    assert_eq!(turned.dimensions(), (96, 80));
+
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_wesam"))
+        .args(["eval", "--checkpoint", model.to_str().unwrap()])
+        .args([
+            "--dataset",
+            root.to_str().unwrap(),
+            "--split",
+            "all",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated"),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["images"], 2, "{report}");
+}

@@ -449,7 +449,7 @@ fn schedule_matches_the_reference_lambda() {
 /// The fixture's short schedule: warm-up 3, decays at 5 and 7, base lr 0.05, weight decay 0.1.
 fn short_schedule() -> LrSchedule {
     LrSchedule {
-        warmup_steps: 3,
+        warmup_steps: Some(3),
         decay_steps: vec![5, 7],
         decay_factor: 10.0,
     }

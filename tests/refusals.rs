@@ -198,3 +198,121 @@ fn resume_refuses_flags_that_would_change_the_run() {
         assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     }
 }
+
+/// A learning rate that drives the weights away by orders of magnitude (the loss can stay
+/// finite) stops the run, which keeps the weights kept so far (here the starting ones) and
+/// fails saying so; the run's effective settings are printed and written.
+#[test]
+fn a_run_that_diverges_stops_and_keeps_the_weights_kept_so_far() {
+    let root = common::scratch();
+    let data = root.path().join("data");
+    make_dataset(&data, 4);
+    let model = fixture_dir().join("model.safetensors");
+    let out = root.path().join("run");
+    let o = wesam(&[
+        "adapt",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--eval-split",
+        "train",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e9",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("training diverged at step"), "{err}");
+    assert!(err.contains("kept the starting weights"), "{err}");
+    assert!(
+        err.contains("settings: self-training (sam profile)"),
+        "{err}"
+    );
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("anchor_weighting = \"weak-label\""),
+        "{config}"
+    );
+    assert!(config.contains("selection = \"weak-label\""), "{config}");
+    // Two epochs of four steps: a tenth is no step of warm-up.
+    assert!(config.contains("warmup_steps = 0"), "{config}");
+
+    let dev = candle_core::Device::Cpu;
+    let start = candle_core::safetensors::load(&model, &dev).unwrap();
+    let kept = candle_core::safetensors::load(out.join("merged.safetensors"), &dev).unwrap();
+    for (name, t) in &start {
+        let k = kept
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in merged"));
+        assert_eq!(common::max_abs_diff(t, k), 0.0, "{name}");
+    }
+}
+
+/// Weights that are no official SAM and store no configuration are refused, naming the file
+/// and `--model-config`, instead of built with a guessed decoder head count; with the
+/// architecture given, evaluation and merging work and the merged file stores it.
+#[test]
+fn weights_of_an_unknown_architecture_need_model_config() {
+    let root = common::scratch();
+    let data = root.path().join("data");
+    make_dataset(&data, 3);
+    let pth = fixture_dir().join("model.pth");
+    let tiny = wesam::model::checkpoint::StateDict::load(
+        &fixture_dir().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .config
+    .unwrap();
+    let config = root.path().join("tiny.json");
+    std::fs::write(&config, serde_json::to_string(&tiny).unwrap()).unwrap();
+    let merged = root.path().join("merged.safetensors");
+    let lora = fixture_dir().join("lora.safetensors");
+    let (pth, data, lora) = (
+        pth.to_str().unwrap(),
+        data.to_str().unwrap(),
+        lora.to_str().unwrap(),
+    );
+    let eval = [
+        "eval",
+        "--checkpoint",
+        pth,
+        "--dataset",
+        data,
+        "--split",
+        "all",
+    ];
+    let merge = [
+        "merge",
+        "--checkpoint",
+        pth,
+        "--lora",
+        lora,
+        "--out",
+        merged.to_str().unwrap(),
+    ];
+    for args in [&eval[..], &merge[..]] {
+        let o = wesam(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("model.pth") && err.contains("--model-config"),
+            "{err}"
+        );
+    }
+    assert!(!merged.exists());
+    for args in [&eval[..], &merge[..]] {
+        let mut args = args.to_vec();
+        args.extend(["--model-config", config.to_str().unwrap()]);
+        let o = wesam(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let stored = wesam::model::checkpoint::StateDict::load(&merged, &candle_core::Device::Cpu)
+        .unwrap()
+        .config;
+    assert_eq!(stored, Some(tiny));
+}

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::divergence::DivergenceGuard;
 use super::metrics::{EpochRow, Scores};
 use crate::model::checkpoint::{read_safetensors, write_safetensors};
 
@@ -28,6 +29,9 @@ pub struct RunState {
     pub partial: EpochRow,
     pub best_epoch: Option<usize>,
     pub best_score: f64,
+    /// What the divergence check remembers of the run.
+    #[serde(default)]
+    pub guard: DivergenceGuard,
 }
 
 const STATE_KEY: &str = "wesam.progress";

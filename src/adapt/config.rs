@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::losses::LossConfig;
-use super::optim::{AdamConfig, LrSchedule};
+use super::losses::{AnchorWeighting, LossConfig};
+use super::optim::{AdamConfig, LrSchedule, REFERENCE_WARMUP_STEPS};
 use crate::data::corrupt::Corruption;
 use crate::data::prompts::{PromptConfig, PromptKind};
 use crate::data::{DatasetOptions, Split};
@@ -120,7 +120,8 @@ pub struct ModelConfig {
     /// Input size (e.g. 512 for CPU runs); `None` is the checkpoint's.
     pub image_size: Option<usize>,
     pub init: Init,
-    /// The architecture of a randomly initialised model (`--model-config FILE` is read into it,
+    /// The architecture of a randomly initialised model, or of a checkpoint that neither stores
+    /// one nor is an official SAM (`--model-config FILE` is read into it,
     /// so the run directory's `config.toml` is self-contained).
     pub architecture: Option<SamConfig>,
     pub trainable: Trainable,
@@ -166,16 +167,38 @@ pub enum LossResolution {
 #[serde(rename_all = "kebab-case")]
 #[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum Selection {
-    /// The profile's rule: under `wesam-reference` the best epoch on the evaluation split (the
-    /// reference's code does so); under `sam` the best epoch on the validation split when
-    /// `val_fraction` carves one, else the last epoch.
+    /// The profile's rule, resolved at the start of a run ([`Selection::resolve`]): under
+    /// `wesam-reference` the best epoch on the evaluation split (the reference's code does so);
+    /// under `sam` the best epoch on the validation split when `val_fraction` carves one, else
+    /// for `wesam adapt` the weak-label rule and for `wesam train` the last epoch.
     #[default]
     Auto,
+    /// The last epoch.
+    Last,
+    /// The epoch with the best mIoU on the evaluation split (the reference's code; it reads
+    /// the split it reports, so its number is optimistic).
+    EvalMiou,
+    /// The epoch with the best mIoU on the validation split (`val_fraction` of the adaptation
+    /// split held out).
+    ValMiou,
     /// The epoch, or the starting model, whose masks agree best with the weak labels of the
     /// adaptation split (their mean agreement, as `wesam eval` reports it). It needs no ground
     /// truth, so it suits a target domain that has only weak labels; a run whose masks only
     /// drift away from the weak labels keeps its starting weights.
     WeakLabel,
+}
+
+impl Selection {
+    /// The concrete rule of `Auto` for a run of this profile and objective.
+    pub fn resolve(self, profile: Profile, objective: Objective, val_fraction: f64) -> Self {
+        match (self, profile, objective) {
+            (Selection::Auto, Profile::WesamReference, _) => Selection::EvalMiou,
+            (Selection::Auto, Profile::Sam, _) if val_fraction > 0.0 => Selection::ValMiou,
+            (Selection::Auto, Profile::Sam, Objective::SelfTraining) => Selection::WeakLabel,
+            (Selection::Auto, Profile::Sam, Objective::Supervised) => Selection::Last,
+            (rule, _, _) => rule,
+        }
+    }
 }
 
 /// The optimisation.
@@ -249,6 +272,14 @@ pub struct AdaptConfig {
     pub prompts: PromptConfig,
     pub train: TrainConfig,
     pub losses: LossConfig,
+}
+
+/// A unit enum's name as configuration files spell it.
+fn kebab<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".to_string(),
+    }
 }
 
 /// The per-dataset configurations shipped in `configs/`, built into the binary.
@@ -326,6 +357,12 @@ impl AdaptConfig {
                 "in [0, 1)",
             ),
             (
+                t.selection != Selection::ValMiou || d.options.val_fraction > 0.0,
+                "data.options.val_fraction",
+                "--val-fraction",
+                "above 0 to select by validation mIoU (train.selection = \"val-miou\")",
+            ),
+            (
                 lora.rank >= 1,
                 "model.lora.rank",
                 "--lora-rank",
@@ -355,6 +392,65 @@ impl AdaptConfig {
             }
         }
         Ok(())
+    }
+
+    /// The settings a run over `train_images` images uses, with every setting left to the
+    /// profile (`None`, `auto`) made explicit: the run prints them, writes them to its
+    /// `config.toml`, and a resumed run reads the same. Under `sam` the warm-up is at most a
+    /// tenth of the run's steps (the reference's 250 steps outlast a short run, whose rate
+    /// would never reach its value), the anchor is weighted by the weak labels and the kept
+    /// epoch is chosen by them; `wesam-reference` keeps the reference's values.
+    pub fn effective(&self, train_images: usize) -> Self {
+        let mut c = self.clone();
+        let steps = c.train.epochs * train_images.div_ceil(c.train.batch_size.max(1));
+        c.train
+            .schedule
+            .warmup_steps
+            .get_or_insert(match c.profile {
+                Profile::Sam => REFERENCE_WARMUP_STEPS.min(steps / 10),
+                Profile::WesamReference => REFERENCE_WARMUP_STEPS,
+            });
+        c.losses.anchor_weighting = Some(c.losses.anchor_weighting(c.profile));
+        c.train.selection =
+            c.train
+                .selection
+                .resolve(c.profile, c.objective, c.data.options.val_fraction);
+        c
+    }
+
+    /// The effective settings that decide a run's outcome, on one line for its start.
+    pub fn summary(&self) -> String {
+        let (t, m) = (&self.train, &self.model);
+        let trained = match m.trainable {
+            Trainable::Lora => format!("LoRA rank {} (scale {})", m.lora.rank, m.lora.scale),
+            other => format!("{} weights", kebab(&other)),
+        };
+        let mut s = format!(
+            "{} ({} profile): {trained}, {} epochs, batch {}, {} lr {:e} (warm-up {} steps), \
+             weight decay {:e}, selection {}, encoder in {}",
+            kebab(&self.objective),
+            kebab(&self.profile),
+            t.epochs,
+            t.batch_size,
+            kebab(&t.optimizer),
+            t.lr,
+            t.schedule.warmup_steps.unwrap_or(REFERENCE_WARMUP_STEPS),
+            t.weight_decay,
+            kebab(&t.selection.resolve(
+                self.profile,
+                self.objective,
+                self.data.options.val_fraction
+            )),
+            kebab(&t.precision),
+        );
+        if self.objective == Objective::SelfTraining && self.losses.anchor.enabled {
+            let w = self.losses.anchor_weighting(self.profile);
+            s += &format!(", anchor weighting {}", kebab(&w));
+            if w == AnchorWeighting::WeakLabel {
+                s += &format!(" (exponent {})", self.losses.anchor_trust_exponent);
+            }
+        }
+        s
     }
 
     /// Reads a configuration file.
@@ -391,6 +487,50 @@ mod tests {
             assert_eq!(back, c, "{name}");
         }
         assert!(AdaptConfig::built_in("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_effective_settings_fit_the_run_under_sam_and_are_the_reference_s_under_its_profile() {
+        // 60 images, 5 epochs, batch 1: 300 steps.
+        let sam = AdaptConfig::default().effective(60);
+        assert_eq!(sam.train.schedule.warmup_steps, Some(30));
+        assert_eq!(
+            sam.losses.anchor_weighting,
+            Some(AnchorWeighting::WeakLabel)
+        );
+        assert_eq!(sam.train.selection, Selection::WeakLabel);
+        // A long run keeps the reference's warm-up.
+        assert_eq!(
+            AdaptConfig::default()
+                .effective(10_000)
+                .train
+                .schedule
+                .warmup_steps,
+            Some(REFERENCE_WARMUP_STEPS)
+        );
+        let mut reference = AdaptConfig {
+            profile: Profile::WesamReference,
+            ..Default::default()
+        };
+        let r = reference.effective(60);
+        assert_eq!(r.train.schedule.warmup_steps, Some(REFERENCE_WARMUP_STEPS));
+        assert_eq!(r.losses.anchor_weighting, Some(AnchorWeighting::Uniform));
+        assert_eq!(r.train.selection, Selection::EvalMiou);
+        // What a user set is kept, and resolving twice changes nothing.
+        reference.train.schedule.warmup_steps = Some(7);
+        reference.train.selection = Selection::Last;
+        let r = reference.effective(60);
+        assert_eq!(r.train.schedule.warmup_steps, Some(7));
+        assert_eq!(r.train.selection, Selection::Last);
+        assert_eq!(r.effective(1), r);
+        // Supervised training keeps the last epoch; a validation split selects by its mIoU.
+        let mut supervised = AdaptConfig {
+            objective: Objective::Supervised,
+            ..Default::default()
+        };
+        assert_eq!(supervised.effective(60).train.selection, Selection::Last);
+        supervised.data.options.val_fraction = 0.2;
+        assert_eq!(supervised.effective(60).train.selection, Selection::ValMiou);
     }
 
     #[test]

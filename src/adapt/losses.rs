@@ -303,8 +303,9 @@ pub struct LossConfig {
     pub anchor: Term,
     /// Teacher-anchor contrastive regularisation.
     pub contrastive: Term,
-    /// How the anchor term weighs each instance.
-    pub anchor_weighting: AnchorWeighting,
+    /// How the anchor term weighs each instance; `None`: the profile's
+    /// ([`LossConfig::anchor_weighting`]).
+    pub anchor_weighting: Option<AnchorWeighting>,
     /// Under the `weak-label` weighting, an instance's weight is the trust in its anchor mask
     /// (`eval::agreement::anchor_trust`) raised to this power: above 1 distrusts a
     /// half-agreeing anchor more (points agree loosely: a mask spilling over most of a
@@ -343,7 +344,7 @@ impl Default for LossConfig {
             iou: Term::on(1.0),
             anchor: Term::on(1.0),
             contrastive: Term::on(1.0),
-            anchor_weighting: AnchorWeighting::Uniform,
+            anchor_weighting: None,
             anchor_trust_exponent: 1.0,
             gamma: 2.0,
             tau: 0.3,
@@ -354,6 +355,16 @@ impl Default for LossConfig {
 }
 
 impl LossConfig {
+    /// How the anchor term weighs each instance under `profile`: by the weak labels under `sam`
+    /// (the project's best measured setting, `docs/method.md` §8.1), uniformly under
+    /// `wesam-reference`.
+    pub fn anchor_weighting(&self, profile: Profile) -> AnchorWeighting {
+        self.anchor_weighting.unwrap_or(match profile {
+            Profile::Sam => AnchorWeighting::WeakLabel,
+            Profile::WesamReference => AnchorWeighting::Uniform,
+        })
+    }
+
     /// The focal alpha for a batch of `n_total` instances under `profile`.
     pub fn focal_alpha(&self, profile: Profile, n_total: usize) -> f64 {
         self.focal_alpha

@@ -5,10 +5,12 @@
 //! the views, prompts and model passes of one step; [`optim`] the Adam variants with resumable
 //! state and the learning-rate schedules; [`trainer`] the loop, which keeps its run in a
 //! [`run_dir`], its [`checkpoint`] and [`metrics`], trains what [`trained`] says (with an
-//! [`ema`] teacher if asked), keeps weights by [`selection`] and reports to an [`observer`].
+//! [`ema`] teacher if asked), keeps weights by [`selection`], stops when [`divergence`] says
+//! training diverged, and reports to an [`observer`].
 
 pub mod checkpoint;
 pub mod config;
+pub mod divergence;
 pub mod ema;
 pub mod loss_terms;
 pub mod losses;

@@ -19,6 +19,12 @@ impl Observer for Silent {}
 
 /// A thing worth telling while a run goes on; `Display` words it for a person.
 pub enum Event<'a> {
+    /// The run's effective settings ([`crate::adapt::config::AdaptConfig::summary`]) and the
+    /// file that holds all of them.
+    Settings {
+        summary: String,
+        config: std::path::PathBuf,
+    },
     /// The run continues from its checkpoint.
     Resumed { epoch: usize, step: usize },
     /// The starting model's scores on the evaluation split.
@@ -41,6 +47,9 @@ pub enum Event<'a> {
 impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Event::Settings { summary, config } => {
+                write!(f, "settings: {summary} (all in {})", config.display())
+            }
             Event::Resumed { epoch, step } => write!(f, "resuming at epoch {epoch}, step {step}"),
             Event::Direct(r) => write!(
                 f,

@@ -241,13 +241,18 @@ impl Optimizer for Adam {
     }
 }
 
+/// The reference's warm-up, in optimiser steps.
+pub const REFERENCE_WARMUP_STEPS: usize = 250;
+
 /// The reference's learning-rate schedule (`LambdaLR`, stepped per iteration):
 /// `lr(step) = base_lr * factor(step)`, a linear warm-up from 0 followed by step decays.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LrSchedule {
     /// Steps of linear warm-up: `factor = step / warmup_steps` below it (0 at the first step).
-    pub warmup_steps: usize,
+    /// `None` until a run resolves it for its profile and length
+    /// (`AdaptConfig::effective`); the reference's 250 where it is read unresolved.
+    pub warmup_steps: Option<usize>,
     /// Steps at which the factor is divided by `decay_factor` once more.
     pub decay_steps: Vec<usize>,
     pub decay_factor: f64,
@@ -256,7 +261,7 @@ pub struct LrSchedule {
 impl Default for LrSchedule {
     fn default() -> Self {
         Self {
-            warmup_steps: 250,
+            warmup_steps: None,
             decay_steps: vec![60_000, 86_666],
             decay_factor: 10.0,
         }
@@ -267,8 +272,9 @@ impl LrSchedule {
     /// The factor of optimiser step `step` (0-based): the warm-up ramp first, then
     /// `1 / decay_factor^k` with `k` the decay steps reached.
     pub fn factor(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return step as f64 / self.warmup_steps as f64;
+        let warmup = self.warmup_steps.unwrap_or(REFERENCE_WARMUP_STEPS);
+        if step < warmup {
+            return step as f64 / warmup as f64;
         }
         let reached = self.decay_steps.iter().filter(|&&s| step >= s).count();
         1.0 / self.decay_factor.powi(reached as i32)

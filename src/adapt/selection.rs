@@ -3,7 +3,6 @@
 
 use super::config::{AdaptConfig, Selection};
 use crate::data::{Dataset, Record, Split};
-use crate::profile::Profile;
 
 /// The rule that scores epochs for keeping.
 pub enum Selector {
@@ -19,16 +18,17 @@ pub enum Selector {
 }
 
 impl Selector {
-    /// The rule of a run's configuration: `auto` keeps the reference's rule under its profile,
-    /// the best validation mIoU when part of the split is held out, else the last epoch.
+    /// The rule of a run's configuration ([`Selection::resolve`] for `auto`).
     pub fn for_run(cfg: &AdaptConfig, dataset: &dyn Dataset) -> Self {
-        match (cfg.train.selection, cfg.profile) {
-            (Selection::WeakLabel, _) => Selector::WeakLabel,
-            (Selection::Auto, Profile::WesamReference) => Selector::EvalMiou,
-            (Selection::Auto, Profile::Sam) if cfg.data.options.val_fraction > 0.0 => {
-                Selector::ValMiou(dataset.records(Split::Val))
-            }
-            (Selection::Auto, Profile::Sam) => Selector::Last,
+        let rule =
+            cfg.train
+                .selection
+                .resolve(cfg.profile, cfg.objective, cfg.data.options.val_fraction);
+        match rule {
+            Selection::Auto | Selection::Last => Selector::Last,
+            Selection::EvalMiou => Selector::EvalMiou,
+            Selection::ValMiou => Selector::ValMiou(dataset.records(Split::Val)),
+            Selection::WeakLabel => Selector::WeakLabel,
         }
     }
 

@@ -245,7 +245,7 @@ fn anchor_weights(
     in_frame: &FramePrompts,
     frame_size: usize,
 ) -> Result<Option<Tensor>> {
-    match cfg.losses.anchor_weighting {
+    match cfg.losses.anchor_weighting(cfg.profile) {
         AnchorWeighting::Uniform => Ok(None),
         AnchorWeighting::WeakLabel => {
             let side = anchor_masks.dim(1)?;
@@ -383,13 +383,14 @@ mod tests {
             ..Default::default()
         };
         let mut cfg = AdaptConfig::default();
+        cfg.losses.anchor_weighting = Some(AnchorWeighting::Uniform);
         let weights = |cfg: &AdaptConfig| {
             anchor_weights(cfg, &masks, &prompts, 16)
                 .unwrap()
                 .map(|w| w.to_vec1::<f32>().unwrap())
         };
         assert_eq!(weights(&cfg), None);
-        cfg.losses.anchor_weighting = AnchorWeighting::WeakLabel;
+        cfg.losses.anchor_weighting = Some(AnchorWeighting::WeakLabel);
         assert_eq!(weights(&cfg), Some(vec![0.75]));
         cfg.losses.anchor_trust_exponent = 2.0;
         assert_eq!(weights(&cfg), Some(vec![0.5625]));

@@ -70,6 +70,37 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The run stopped because training diverged ([`super::divergence::DivergenceGuard`]); the weights kept so far
+/// were written.
+#[derive(Debug)]
+pub struct Diverged {
+    /// The optimiser step (0-based, over the run) after which the divergence was seen.
+    pub step: usize,
+    pub reason: String,
+    /// The epoch whose weights were kept; 0 is the starting model.
+    pub kept_epoch: usize,
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = match self.kept_epoch {
+            0 => "the starting weights".to_string(),
+            e => format!("epoch {e}"),
+        };
+        write!(
+            f,
+            "training diverged at step {}: {}; stopped and kept {kept} in {} (lower the \
+             learning rate, --lr)",
+            self.step + 1,
+            self.reason,
+            self.out.display()
+        )
+    }
+}
+
+impl std::error::Error for Diverged {}
+
 /// The random stream of one step: a function of the seed and the step alone.
 fn step_rng(seed: u64, global_step: usize) -> StdRng {
     StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ global_step as u64)
@@ -87,7 +118,8 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 /// A training run (self-training for `wesam adapt`, supervised for `wesam train`, as
 /// `cfg.objective` says) from `sam`, in a run directory.
 pub struct Trainer<'a> {
-    cfg: &'a AdaptConfig,
+    /// The effective configuration ([`AdaptConfig::effective`]).
+    cfg: AdaptConfig,
     sam: &'a Sam,
     dataset: &'a dyn Dataset,
     run: &'a RunDir,
@@ -97,7 +129,7 @@ pub struct Trainer<'a> {
     selector: Selector,
     trained: Trained,
     opt: Adam,
-    /// The kept epoch's variables, when a selection keeps the best.
+    /// The variables of the epoch kept so far (the starting ones before any is).
     best: HashMap<String, Tensor>,
     state: RunState,
     /// Steps run by this invocation (for `RunControl::crash_after`).
@@ -106,9 +138,9 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// Checks the configuration, picks the records, makes the run directory and the trained
-    /// variables.
+    /// variables; the run uses `cfg`'s effective settings for its length.
     pub fn new(
-        cfg: &'a AdaptConfig,
+        cfg: &AdaptConfig,
         sam: &'a Sam,
         dataset: &'a dyn Dataset,
         run: &'a RunDir,
@@ -130,10 +162,12 @@ impl<'a> Trainer<'a> {
                 dataset.name()
             );
         }
-        let selector = Selector::for_run(cfg, dataset);
+        let cfg = cfg.effective(train.len());
+        cfg.validate()?;
+        let selector = Selector::for_run(&cfg, dataset);
         std::fs::create_dir_all(&run.0)
             .with_context(|| format!("cannot create {}", run.0.display()))?;
-        let trained = Trained::new(cfg, sam)?;
+        let trained = Trained::new(&cfg, sam)?;
         let opt = Adam::new_named(trained.vars(), cfg.train.adam())?;
         Ok(Self {
             cfg,
@@ -152,19 +186,34 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Runs the remaining epochs and writes the kept weights.
+    /// Runs the remaining epochs and writes the kept weights. A run that diverges stops,
+    /// writes the weights kept so far and ends in [`Diverged`].
     pub fn fit(mut self, ctl: &RunControl) -> Result<Outcome> {
         if ctl.resume {
             self.resume()?;
         } else {
-            std::fs::write(self.run.config(), self.cfg.to_toml()?)
-                .with_context(|| format!("cannot write {}", self.run.config().display()))?;
+            let text = self.cfg.to_toml()?;
+            crate::io::write_atomically(&self.run.config(), |tmp| Ok(std::fs::write(tmp, &text)?))?;
         }
+        self.observer.event(&Event::Settings {
+            summary: self.cfg.summary(),
+            config: self.run.config(),
+        });
         if self.state.direct.is_none() {
             self.evaluate_start()?;
         }
         while self.state.epoch < self.cfg.train.epochs {
-            self.run_epoch(ctl)?;
+            if let Some(reason) = self.run_epoch(ctl)? {
+                let step = self.state.global_step;
+                let outcome = self.finish()?;
+                return Err(Diverged {
+                    step,
+                    reason,
+                    kept_epoch: outcome.kept_epoch,
+                    out: outcome.out,
+                }
+                .into());
+            }
             self.end_epoch()?;
         }
         self.finish()
@@ -190,20 +239,21 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Scores the starting model (and, under the weak-label selection, keeps it as the best so
-    /// far).
+    /// Scores the starting model and keeps it until an epoch is kept (under the weak-label
+    /// selection it competes with the epochs; under the others it is what a run that diverges
+    /// in its first epoch keeps).
     fn evaluate_start(&mut self) -> Result<()> {
         let report = self.eval_on(self.sam, None, &self.eval, "direct")?;
         self.observer.event(&Event::Direct(&report));
         self.state.direct = Some(Scores::from(&report));
+        self.state.best_epoch = Some(0);
+        self.best = copy_vars(&self.trained.kept_vars())?;
         if let Selector::WeakLabel = self.selector {
             let model = self.trained.eval_model(self.sam);
             let a = self.eval_on(model, None, &self.train, "weak labels")?;
             self.observer.event(&Event::DirectAgreement(a.agreement));
             self.state.direct_selection = Some(a.agreement);
-            self.state.best_epoch = Some(0);
             self.state.best_score = a.agreement;
-            self.best = copy_vars(&self.trained.kept_vars())?;
         }
         self.write_metrics()
     }
@@ -235,9 +285,10 @@ impl<'a> Trainer<'a> {
         Ok(report)
     }
 
-    /// Runs the rest of the current epoch's steps, checkpointing when due or interrupted.
-    pub fn run_epoch(&mut self, ctl: &RunControl) -> Result<()> {
-        let (cfg, s) = (self.cfg, &mut self.state);
+    /// Runs the rest of the current epoch's steps, checkpointing when due or interrupted;
+    /// returns why training diverged if it did (without a checkpoint of the diverged state).
+    fn run_epoch(&mut self, ctl: &RunControl) -> Result<Option<String>> {
+        let (cfg, s) = (&self.cfg, &mut self.state);
         let batch = cfg.train.batch_size.max(1);
         let steps_per_epoch = self.train.len().div_ceil(batch);
         let order = epoch_order(self.train.len(), cfg.train.seed, s.epoch);
@@ -253,7 +304,13 @@ impl<'a> Trainer<'a> {
             if step.is_err() {
                 self.observer.end(false);
             }
-            let status = step?;
+            let status = match step? {
+                Ok(status) => status,
+                Err(reason) => {
+                    self.observer.end(false);
+                    return Ok(Some(reason));
+                }
+            };
             self.observer.advance(&status);
             if ctl.crash_after == Some(self.steps_run) {
                 self.observer.end(false);
@@ -262,7 +319,7 @@ impl<'a> Trainer<'a> {
                     self.steps_run
                 );
             }
-            let every = cfg.train.checkpoint_every;
+            let every = self.cfg.train.checkpoint_every;
             let due = every > 0 && self.state.global_step.is_multiple_of(every);
             let interrupted = ctl.interrupt.load(Ordering::SeqCst);
             if due || interrupted {
@@ -274,12 +331,31 @@ impl<'a> Trainer<'a> {
             }
         }
         self.observer.end(true);
-        Ok(())
+        Ok(None)
     }
 
-    /// One optimiser step on a batch; returns a status line for the progress display.
-    fn step(&mut self, records: &[Record]) -> Result<String> {
-        let cfg = self.cfg;
+    /// The trained variables' norm (all of them as one vector).
+    fn weights_norm(&self) -> Result<f64> {
+        let mut sum = 0.0;
+        for (_, v) in self.trained.vars() {
+            sum += v
+                .as_tensor()
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+        Ok(sum.sqrt())
+    }
+
+    /// One optimiser step on a batch; returns a status line for the progress display, or why
+    /// training diverged.
+    fn step(&mut self, records: &[Record]) -> Result<std::result::Result<String, String>> {
+        if self.state.global_step == 0 {
+            let norm = self.weights_norm()?;
+            self.state.guard.start(norm);
+        }
+        let cfg = &self.cfg;
         let mut samples = Vec::with_capacity(records.len());
         let chunk = cfg.train.batch_size.max(1);
         for (record, sample) in load_parallel(self.dataset, records, chunk) {
@@ -316,6 +392,11 @@ impl<'a> Trainer<'a> {
                     ema_update(e, l, m)?;
                 }
                 s.nonfinite_in_a_row = 0;
+                let norm = self.weights_norm()?;
+                let s = &mut self.state;
+                if let Some(reason) = s.guard.check(log.total, norm) {
+                    return Ok(Err(reason));
+                }
                 s.partial.steps += 1;
                 s.partial.lr = lr;
                 s.partial.losses.add(&log);
@@ -337,14 +418,15 @@ impl<'a> Trainer<'a> {
             }
             None => s.partial.skipped_steps += 1,
         }
+        let s = &mut self.state;
         s.step_in_epoch += 1;
         s.global_step += 1;
         self.steps_run += 1;
-        Ok(status)
+        Ok(Ok(status))
     }
 
     /// Ends the epoch: evaluates, scores it for selection, logs it and checkpoints.
-    pub fn end_epoch(&mut self) -> Result<()> {
+    fn end_epoch(&mut self) -> Result<()> {
         if self.state.partial.steps == 0 {
             bail!(
                 "epoch {}: none of its {} steps trained (every batch was skipped: no loadable \
@@ -369,13 +451,17 @@ impl<'a> Trainer<'a> {
                     .agreement,
             ),
         };
-        if let Some(score) = row.selection {
-            // The first scored epoch is kept; later ones only when strictly better.
-            if self.state.best_epoch.is_none() || score > self.state.best_score {
-                self.state.best_epoch = Some(row.epoch);
-                self.state.best_score = score;
-                self.best = copy_vars(&self.trained.kept_vars())?;
-            }
+        // Without a score the newest epoch is kept; the first scored epoch replaces an unscored
+        // start; later ones are kept only when strictly better.
+        let s = &self.state;
+        let unscored_start = s.best_epoch.is_none_or(|e| e == 0) && s.direct_selection.is_none();
+        if row
+            .selection
+            .is_none_or(|score| unscored_start || score > s.best_score)
+        {
+            self.state.best_epoch = Some(row.epoch);
+            self.state.best_score = row.selection.unwrap_or_default();
+            self.best = copy_vars(&self.trained.kept_vars())?;
         }
         self.observer.event(&Event::Epoch {
             row: &row,
@@ -389,7 +475,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Restores the kept weights and writes the adapters and the merged model.
-    pub fn finish(self) -> Result<Outcome> {
+    fn finish(self) -> Result<Outcome> {
         if !self.best.is_empty() {
             restore_vars(
                 &self.trained.kept_vars(),

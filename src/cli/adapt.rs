@@ -44,8 +44,9 @@ pub struct AdaptArgs {
     /// `--model-config` (training from scratch).
     #[arg(long, value_parser = choice::<Init>())]
     init: Option<Init>,
-    /// Architecture of a randomly initialised model: a JSON or TOML file with the official
-    /// builder's arguments (e.g. configs/sam-tiny.toml).
+    /// The architecture: of a randomly initialised model, or of a checkpoint that is no official
+    /// SAM and stores none. A JSON or TOML file with the official builder's arguments (e.g.
+    /// configs/sam-tiny.toml).
     #[arg(long)]
     model_config: Option<PathBuf>,
     /// What is trained: LoRA adapters (default), the mask decoder, every weight, or the
@@ -254,7 +255,16 @@ fn starting_model(cfg: &AdaptConfig, dev: &candle_core::Device) -> anyhow::Resul
                 .checkpoint
                 .clone()
                 .context("give --checkpoint FILE (the SAM weights to start from), or --init random --model-config FILE")?;
-            Sam::load(&checkpoint, cfg.model.model_type, cfg.model.image_size, dev)
+            let architecture = match (&cfg.model.architecture, cfg.model.model_type) {
+                (Some(a), _) => Some(a.clone()),
+                (None, t) => t.map(SamConfig::official),
+            };
+            Sam::load(
+                &checkpoint,
+                architecture.as_ref(),
+                cfg.model.image_size,
+                dev,
+            )
         }
         Init::Random => {
             let arch = match (&cfg.model.architecture, cfg.model.model_type) {

@@ -11,8 +11,32 @@ use wesam::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
 use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::{Dataset, DatasetOptions, InstanceMode, Record};
 use wesam::device::DeviceKind;
-use wesam::model::{Lora, ModelType, Precision, Sam};
+use wesam::model::{Lora, ModelType, Precision, Sam, SamConfig};
 use wesam::profile::Profile;
+
+/// The architecture of a checkpoint, when it cannot tell it itself: official checkpoints are
+/// recognised by their shapes and files written by wesam store theirs; anything else needs one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ArchitectureArgs {
+    /// The official model type; detected from the checkpoint when not given.
+    #[arg(long, value_parser = choice::<ModelType>())]
+    pub model_type: Option<ModelType>,
+    /// The architecture of a checkpoint that is no official SAM and stores none: a JSON or TOML
+    /// file with the official builder's arguments (e.g. configs/sam-tiny.toml).
+    #[arg(long, conflicts_with = "model_type")]
+    pub model_config: Option<PathBuf>,
+}
+
+impl ArchitectureArgs {
+    /// The architecture the user gave, if any.
+    pub fn resolve(&self) -> anyhow::Result<Option<SamConfig>> {
+        match (&self.model_config, self.model_type) {
+            (Some(path), _) => Ok(Some(SamConfig::from_file(path)?)),
+            (None, Some(t)) => Ok(Some(SamConfig::official(t))),
+            (None, None) => Ok(None),
+        }
+    }
+}
 
 /// The model to run: a checkpoint, optional adapters, the input size and the device.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,9 +44,8 @@ pub struct ModelArgs {
     /// SAM checkpoint (.pth, safetensors or HuggingFace safetensors).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The model type; detected from the checkpoint when not given.
-    #[arg(long, value_parser = choice::<ModelType>())]
-    pub model_type: Option<ModelType>,
+    #[command(flatten)]
+    pub architecture: ArchitectureArgs,
     /// LoRA adapter to apply.
     #[arg(long)]
     pub lora: Option<PathBuf>,
@@ -40,7 +63,13 @@ impl ModelArgs {
     /// Opens the device and loads the model and its adapters.
     pub fn load(&self) -> anyhow::Result<(Sam, Option<Lora>, Device)> {
         let dev = self.device.open()?;
-        let mut sam = Sam::load(&self.checkpoint, self.model_type, self.image_size, &dev)?;
+        let architecture = self.architecture.resolve()?;
+        let mut sam = Sam::load(
+            &self.checkpoint,
+            architecture.as_ref(),
+            self.image_size,
+            &dev,
+        )?;
         sam.image_encoder.set_precision(self.precision);
         let lora = match &self.lora {
             Some(p) => Some(Lora::load(p, &sam.config, &dev)?),

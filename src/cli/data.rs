@@ -64,6 +64,8 @@ struct Report {
     splits: SplitSizes,
     /// Files left out while indexing or loading, and suspicious ones (tiny instances).
     skipped: Vec<FileIssue>,
+    /// Images turned by their EXIF orientation on loading, as image viewers show them.
+    oriented: Vec<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -110,6 +112,7 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
             test: ds.records(Split::Test).len(),
         },
         skipped: ds.index_issues(),
+        oriented: Vec::new(),
     };
     inspect(ds.as_ref(), &all, tiny, &mut report, &progress);
     progress.end(true);
@@ -131,11 +134,21 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
     for i in &report.skipped {
         println!("  {}: {}", i.file, i.reason);
     }
+    if !report.oriented.is_empty() {
+        println!(
+            "turned by their EXIF orientation, as image viewers show them: {}",
+            report.oriented.len()
+        );
+        for f in &report.oriented {
+            println!("  {f}");
+        }
+    }
     Ok(())
 }
 
 /// Loads `records` (in parallel, bounded memory) and adds their counts and problems to
-/// `report`: unreadable files and size mismatches, images without instances, tiny instances.
+/// `report`: unreadable or truncated files and size mismatches, images without instances, tiny
+/// instances, and the images their EXIF orientation turns.
 fn inspect(
     ds: &dyn Dataset,
     records: &[Record],
@@ -145,6 +158,11 @@ fn inspect(
 ) {
     for (record, loaded) in load_parallel(ds, records, default_chunk()) {
         progress.advance("");
+        if let Some(o) = wesam::io::exif_orientation(&record.image) {
+            report
+                .oriented
+                .push(format!("{} ({o:?})", record.image.display()));
+        }
         let file = record.annotation.as_ref().unwrap_or(&record.image);
         let issue = |reason: String| FileIssue {
             file: file.display().to_string(),

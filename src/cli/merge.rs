@@ -2,18 +2,17 @@
 
 use std::path::PathBuf;
 
-use super::choice::choice;
+use super::args::ArchitectureArgs;
 use wesam::device::DeviceKind;
-use wesam::model::{Lora, ModelType, Sam};
+use wesam::model::{Lora, Sam};
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
     /// Base SAM checkpoint (.pth, safetensors or HuggingFace safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The model type; detected from the checkpoint when not given.
-    #[arg(long, value_parser = choice::<ModelType>())]
-    model_type: Option<ModelType>,
+    #[command(flatten)]
+    architecture: ArchitectureArgs,
     /// LoRA adapter written by wesam.
     #[arg(long)]
     lora: PathBuf,
@@ -24,7 +23,8 @@ pub struct MergeArgs {
 
 pub fn run(a: MergeArgs) -> anyhow::Result<()> {
     let dev = DeviceKind::Cpu.open()?;
-    let sam = Sam::load(&a.checkpoint, a.model_type, None, &dev)?;
+    let architecture = a.architecture.resolve()?;
+    let sam = Sam::load(&a.checkpoint, architecture.as_ref(), None, &dev)?;
     let lora = Lora::load(&a.lora, &sam.config, &dev)?;
     sam.save(&a.out, Some(&lora))?;
     eprintln!(

@@ -8,13 +8,14 @@ use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage};
 use serde::Serialize;
 
+use super::args::ArchitectureArgs;
 use super::choice::{choice, default_name};
 use wesam::data::mask::{binarise, check_same_size};
 use wesam::data::prompts::{mask_logits, mask_to_frame};
 use wesam::device::DeviceKind;
 use wesam::io;
 use wesam::model::transforms::Frame;
-use wesam::model::{ImagePrompts, Lora, ModelType, Predictor, Sam, SamConfig};
+use wesam::model::{ImagePrompts, Lora, Predictor, Sam, SamConfig};
 use wesam::profile::Profile;
 
 /// Logit given to foreground (and, negated, background) pixels of a binary `--mask-input`.
@@ -26,9 +27,8 @@ pub struct PredictArgs {
     /// with random weights runs (the built-in demo).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// The model type; detected from the checkpoint when not given.
-    #[arg(long, value_parser = choice::<ModelType>())]
-    model_type: Option<ModelType>,
+    #[command(flatten)]
+    architecture: ArchitectureArgs,
     /// LoRA adapter to apply.
     #[arg(long)]
     lora: Option<PathBuf>,
@@ -201,7 +201,10 @@ fn draw_overlay(
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let dev = args.device.open()?;
     let sam = match &args.checkpoint {
-        Some(path) => Sam::load(path, args.model_type, args.image_size, &dev)?,
+        Some(path) => {
+            let architecture = args.architecture.resolve()?;
+            Sam::load(path, architecture.as_ref(), args.image_size, &dev)?
+        }
         None => {
             eprintln!("no --checkpoint: running the built-in demo model (small, random weights)");
             Sam::random(&SamConfig::demo(), args.image_size, 0, &dev)?

@@ -184,21 +184,29 @@ impl StateDict {
         })
     }
 
-    /// The configuration to build: the user's model type, else the stored one, else inferred
-    /// from the tensor shapes.
-    pub fn resolve_config(&self, model_type: Option<ModelType>) -> anyhow::Result<SamConfig> {
-        if let Some(t) = model_type {
-            return Ok(SamConfig::official(t));
+    /// The configuration to build: the user's (`--model-type`, `--model-config`), else the
+    /// stored one, else the official type whose shapes the weights have. Shapes cannot tell
+    /// every setting (the decoder's head count), so weights of any other architecture without
+    /// stored configuration are refused rather than built with a guess.
+    pub fn resolve_config(&self, given: Option<&SamConfig>) -> anyhow::Result<SamConfig> {
+        if let Some(c) = given {
+            return Ok(c.clone());
         }
         if let Some(c) = &self.config {
             return Ok(c.clone());
         }
-        infer_config(&self.tensors).with_context(|| {
-            format!(
-                "{}: cannot infer the model configuration",
-                self.path.display()
-            )
-        })
+        let path = self.path.display();
+        let inferred = infer_config(&self.tensors)
+            .with_context(|| format!("{path}: cannot infer the model configuration"))?;
+        if inferred.model_type().is_none() {
+            bail!(
+                "{path}: its shapes are not those of an official SAM (vit_b, vit_l, vit_h) and it \
+                 stores no `{CONFIG_METADATA_KEY}` configuration, so settings no shape tells (the \
+                 decoder's head count) are unknown: give --model-config FILE (the official \
+                 builder's arguments, as in configs/sam-tiny.toml), or use a file wesam wrote"
+            );
+        }
+        Ok(inferred)
     }
 }
 

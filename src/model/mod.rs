@@ -87,13 +87,14 @@ impl Sam {
     }
 
     /// Builds the model from a loaded state dict, reporting every key or shape problem.
+    /// `architecture` is the user's, if given ([`StateDict::resolve_config`]).
     pub fn from_state_dict(
         state: StateDict,
-        model_type: Option<ModelType>,
+        architecture: Option<&SamConfig>,
         input_size: Option<usize>,
         dev: &Device,
     ) -> anyhow::Result<Self> {
-        let config = state.resolve_config(model_type)?;
+        let config = state.resolve_config(architecture)?;
         config
             .validate()
             .with_context(|| format!("{}", state.path.display()))?;
@@ -106,14 +107,15 @@ impl Sam {
         Ok(sam)
     }
 
-    /// Loads a checkpoint file (`.pth`, safetensors, or HuggingFace safetensors).
+    /// Loads a checkpoint file (`.pth`, safetensors, or HuggingFace safetensors); `architecture`
+    /// is the user's, if given ([`StateDict::resolve_config`]).
     pub fn load(
         path: &Path,
-        model_type: Option<ModelType>,
+        architecture: Option<&SamConfig>,
         input_size: Option<usize>,
         dev: &Device,
     ) -> anyhow::Result<Self> {
-        Self::from_state_dict(StateDict::load(path, dev)?, model_type, input_size, dev)
+        Self::from_state_dict(StateDict::load(path, dev)?, architecture, input_size, dev)
     }
 
     /// A model with random weights, for tests, demos and training from scratch.
