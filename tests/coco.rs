@@ -375,3 +375,46 @@ fn real_tiny_coco() {
         assert_box(instance.bbox, bbox);
     }
 }
+
+/// A `file_name` that leaves the image folder is refused, and annotations with an empty
+/// segmentation are left out and counted, instead of becoming instances of no pixel.
+#[test]
+fn file_names_outside_the_folder_and_empty_segmentations_are_left_out() {
+    let dir_tmp = temp_dir("outside");
+    let dir = dir_tmp.path().to_path_buf();
+    let json = r#"{"images": [{"id": 1, "file_name": "a.png", "height": 3, "width": 4},
+        {"id": 2, "file_name": "../outside.png", "height": 3, "width": 4},
+        {"id": 3, "file_name": "/etc/hostname", "height": 3, "width": 4}],
+      "annotations": [
+        {"id": 10, "image_id": 1, "bbox": [0, 0, 2, 2], "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]},
+        {"id": 11, "image_id": 1, "bbox": [0, 0, 1, 1], "segmentation": []},
+        {"id": 12, "image_id": 1, "bbox": [0, 0, 1, 1], "segmentation": [[1, 2]]},
+        {"id": 13, "image_id": 1, "bbox": [0, 0, 1, 1],
+         "segmentation": {"size": [3, 4], "counts": [12]}},
+        {"id": 14, "image_id": 1, "bbox": [0, 0, 1, 1],
+         "segmentation": [[100, 100, 120, 100, 120, 120]]},
+        {"id": 20, "image_id": 2, "bbox": [0, 0, 2, 2], "segmentation": [[0, 0, 2, 0, 2, 2]]},
+        {"id": 30, "image_id": 3, "bbox": [0, 0, 2, 2], "segmentation": [[0, 0, 2, 0, 2, 2]]}]}"#;
+    std::fs::create_dir_all(dir.join("annotations")).unwrap();
+    std::fs::create_dir_all(dir.join("train2017")).unwrap();
+    std::fs::write(dir.join("annotations/instances_train2017.json"), json).unwrap();
+    RgbImage::new(4, 3)
+        .save(dir.join("train2017/a.png"))
+        .unwrap();
+    RgbImage::new(4, 3).save(dir.join("outside.png")).unwrap();
+    let ds = Coco::open(&dir, &DatasetOptions::default()).unwrap();
+    let issues: Vec<String> = ds.index_issues().into_iter().map(|i| i.reason).collect();
+    let all = issues.join("\n");
+    assert!(all.contains("\"../outside.png\" points outside"), "{all}");
+    assert!(all.contains("\"/etc/hostname\" points outside"), "{all}");
+    assert!(
+        all.contains("3 annotations with an empty segmentation left out (ids 11, 12, 13)"),
+        "{all}"
+    );
+    let records = ds.records(Split::All);
+    assert_eq!(records.len(), 1);
+    // Annotation 14 lies wholly outside its image: no instance either.
+    let sample = ds.load(&records[0]).unwrap();
+    assert_eq!(sample.instances.len(), 1);
+    assert_eq!(rows(&sample.instances[0].mask), ["##..", "##..", "...."]);
+}

@@ -16,8 +16,13 @@
 //! Unlike pycocotools, which fails on them, a polygon of 4 coordinates (2 points) is rasterised as
 //! a (degenerate) polygon rather than read as a box; an odd trailing coordinate is ignored, as
 //! pycocotools does.
+//!
+//! What the file says is not trusted: an image whose `file_name` leaves the image folder (`..`,
+//! an absolute path) is left out, annotations with an empty segmentation are left out and
+//! counted (both reported by `index_issues`), a polygon wholly outside its image gives no
+//! instance, and polygon coordinates far outside the image cost no more than the image.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context};
 use image::{GrayImage, Luma};
@@ -217,24 +222,44 @@ fn index(
     image_dir: &Path,
     options: &DatasetOptions,
 ) -> anyhow::Result<(Vec<CocoImage>, Vec<FileIssue>)> {
-    let mut images: Vec<CocoImage> = parsed
-        .images
-        .into_iter()
-        .map(|e| CocoImage {
+    let mut issues = Vec::new();
+    let mut images: Vec<CocoImage> = Vec::with_capacity(parsed.images.len());
+    for e in parsed.images {
+        // A plain relative path: no `..`, no root, so that the dataset reads only its folder.
+        let inside = Path::new(&e.file_name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !inside {
+            issues.push(FileIssue {
+                file: json.display().to_string(),
+                reason: format!(
+                    "image {}: file_name {:?} points outside {}; left out",
+                    e.id,
+                    e.file_name,
+                    image_dir.display()
+                ),
+            });
+            continue;
+        }
+        images.push(CocoImage {
             id: e.id,
             path: image_dir.join(&e.file_name),
             width: e.width,
             height: e.height,
             annotations: Vec::new(),
-        })
-        .collect();
+        });
+    }
     images.sort_by_key(|im| im.id);
     if let Some(w) = images.windows(2).find(|w| w[0].id == w[1].id) {
         bail!("{}: image id {} is listed twice", json.display(), w[0].id);
     }
-    let mut issues = Vec::new();
+    let mut empty = Vec::new();
     for a in parsed.annotations {
         if a.iscrowd != 0 && !options.include_crowd {
+            continue;
+        }
+        if a.segmentation.is_empty() {
+            empty.push(a.id);
             continue;
         }
         let Ok(i) = images.binary_search_by_key(&a.image_id, |im| im.id) else {
@@ -252,6 +277,22 @@ fn index(
             id: a.id,
             bbox: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
             segmentation: a.segmentation,
+        });
+    }
+    if !empty.is_empty() {
+        let shown: Vec<String> = empty.iter().take(5).map(u64::to_string).collect();
+        issues.push(FileIssue {
+            file: json.display().to_string(),
+            reason: format!(
+                "{} annotations with an empty segmentation left out (ids {}{})",
+                empty.len(),
+                shown.join(", "),
+                if empty.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
         });
     }
     images.retain(|im| !im.annotations.is_empty());
@@ -303,17 +344,17 @@ impl Dataset for Coco {
                 entry.height
             );
         }
-        let instances = entry
-            .annotations
-            .iter()
-            .map(|a| {
-                let mask = a
-                    .segmentation
-                    .rasterise(entry.width, entry.height)
-                    .with_context(|| format!("{json}: annotation {}", a.id))?;
-                Ok(Instance { mask, bbox: a.bbox })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut instances = Vec::with_capacity(entry.annotations.len());
+        for a in &entry.annotations {
+            let mask = a
+                .segmentation
+                .rasterise(entry.width, entry.height)
+                .with_context(|| format!("{json}: annotation {}", a.id))?;
+            // A polygon wholly outside its image covers no pixel: no instance to score.
+            if crate::data::mask::area(&mask) > 0 {
+                instances.push(Instance { mask, bbox: a.bbox });
+            }
+        }
         Ok(Sample {
             id: record.id.clone(),
             image_path: entry.path.clone(),
@@ -328,6 +369,19 @@ impl Dataset for Coco {
 }
 
 impl Segmentation {
+    /// Whether the segmentation holds no pixel whatever the image: no polygon of two points or
+    /// more, or a run-length encoding without a foreground run.
+    fn is_empty(&self) -> bool {
+        match self {
+            Segmentation::Polygons(polygons) => polygons.iter().all(|xy| xy.len() < 4),
+            Segmentation::Rle {
+                counts: RleCounts::Runs(runs),
+                ..
+            } => runs.iter().skip(1).step_by(2).all(|&r| r == 0),
+            Segmentation::Rle { .. } => false,
+        }
+    }
+
     /// The binary mask (0/255) at `width` x `height`, as pycocotools' `annToMask` computes it.
     fn rasterise(&self, width: u32, height: u32) -> anyhow::Result<GrayImage> {
         let (w, h) = (width as usize, height as usize);
@@ -437,9 +491,9 @@ fn fill_between_toggles(toggles: &[usize], columns: &mut [u8]) {
 
 /// Factor by which pycocotools' `rleFrPoly` upsamples polygon coordinates before tracing them.
 const UPSAMPLE: i64 = 5;
-/// Largest polygon coordinate accepted: far beyond any image, and within the range where
-/// pycocotools' 32-bit fine-grid coordinates are defined.
-const MAX_COORDINATE: f64 = 1e8;
+/// Largest polygon coordinate accepted: any image is far smaller, and the fine grid's integer
+/// arithmetic stays exact (the work does not grow with it, see [`polygon_toggles`]).
+const MAX_COORDINATE: f64 = 1e15;
 
 /// The column-major positions where the mask of one polygon switches between background and
 /// foreground, as pycocotools' `rleFrPoly` finds them (the mask is the parity of the toggles
@@ -448,40 +502,57 @@ const MAX_COORDINATE: f64 = 1e8;
 ///    polygon is closed;
 /// 2. every edge is traced on that fine grid, one point per step along its longer axis, the other
 ///    coordinate rounded from the edge's end with the smaller major coordinate (so an edge gives
-///    the same points in either direction);
+///    the same points in either direction), the trace running on from one edge to the next;
 /// 3. wherever the trace steps across the fine-grid line through a pixel column's centre
 ///    (fine x = 5n + 2.5), column `n` (if inside the image) toggles at the first row whose centre
 ///    is at or below the upper of the two trace points, clamped to `0..=height`; a toggle at
 ///    `height` is the start of the next column.
+///
+/// An edge longer than the image is not walked point by point: only its steps across the image's
+/// columns are found ([`EdgeTrace::column_steps`]), so the work is bounded by the image whatever
+/// the coordinates, with the same result.
 fn polygon_toggles(xy: &[f64], width: u32, height: u32) -> anyhow::Result<Vec<usize>> {
-    if let Some(v) = xy.iter().find(|v| v.is_nan() || v.abs() > MAX_COORDINATE) {
-        bail!("polygon coordinate {v} is out of range");
+    if let Some(v) = xy.iter().find(|v| !(v.abs() <= MAX_COORDINATE)) {
+        bail!("polygon coordinate {v} is out of range (beyond ±{MAX_COORDINATE:e})");
     }
+    let walk_up_to = 5 * i64::from(width + height);
+    Ok(trace_toggles(xy, width, height, walk_up_to))
+}
+
+/// [`polygon_toggles`], walking edges of at most `walk_up_to` steps point by point.
+fn trace_toggles(xy: &[f64], width: u32, height: u32, walk_up_to: i64) -> Vec<usize> {
     let vertices: Vec<(i64, i64)> = xy
         .chunks_exact(2)
         .map(|p| (upsample(p[0]), upsample(p[1])))
         .collect();
     let (w, h) = (i64::from(width), i64::from(height));
+    let toggle = |(u0, v0): (i64, i64), (u1, v1): (i64, i64)| {
+        // Consecutive trace points differ by at most one fine column; a step crosses the line
+        // between fine columns `left` and `left + 1`.
+        let left = u0.min(u1);
+        if u0 == u1 || (left - 2).rem_euclid(UPSAMPLE) != 0 {
+            return None;
+        }
+        let x = (left - 2).div_euclid(UPSAMPLE);
+        let y = ceil_div(v0.min(v1) - 2, UPSAMPLE).clamp(0, h);
+        (0..w).contains(&x).then_some((x * h + y) as usize)
+    };
     let mut toggles = Vec::new();
     let mut previous: Option<(i64, i64)> = None;
-    let mut step_to = |(u1, v1): (i64, i64)| {
-        if let Some((u0, v0)) = previous.replace((u1, v1)) {
-            // Consecutive trace points differ by at most one fine column; a step crosses the line
-            // between fine columns `left` and `left + 1`.
-            let left = u0.min(u1);
-            if u0 != u1 && (left - 2).rem_euclid(UPSAMPLE) == 0 {
-                let x = (left - 2).div_euclid(UPSAMPLE);
-                if (0..w).contains(&x) {
-                    let y = ceil_div(v0.min(v1) - 2, UPSAMPLE).clamp(0, h);
-                    toggles.push((x * h + y) as usize);
-                }
-            }
-        }
-    };
     for (i, &start) in vertices.iter().enumerate() {
-        trace_edge(start, vertices[(i + 1) % vertices.len()], &mut step_to);
+        let edge = EdgeTrace::new(start, vertices[(i + 1) % vertices.len()]);
+        if let Some(p) = previous {
+            toggles.extend(toggle(p, edge.first()));
+        }
+        let steps: Box<dyn Iterator<Item = i64>> = if edge.steps <= walk_up_to {
+            Box::new(0..edge.steps)
+        } else {
+            Box::new(edge.column_steps(w).into_iter())
+        };
+        toggles.extend(steps.filter_map(|t| toggle(edge.point(t), edge.point(t + 1))));
+        previous = Some(edge.last());
     }
-    Ok(toggles)
+    toggles
 }
 
 /// A coordinate on the fine grid: `(int)(5 v + 0.5)`, truncating toward zero as C does.
@@ -494,35 +565,156 @@ fn ceil_div(a: i64, b: i64) -> i64 {
     -(-a).div_euclid(b)
 }
 
-/// Visits the fine-grid points of the edge `from` → `to`, both ends included, in that order.
-/// The minor coordinate is rounded (`(int)(c + 0.5)`) along the line from the end with the
-/// smaller major coordinate, which makes the points independent of the edge's direction.
-fn trace_edge(from: (i64, i64), to: (i64, i64), visit: &mut impl FnMut((i64, i64))) {
-    let (dx, dy) = ((to.0 - from.0).abs(), (to.1 - from.1).abs());
-    let x_major = dx >= dy;
-    let steps = dx.max(dy);
-    let reversed = if x_major {
-        from.0 > to.0
-    } else {
-        from.1 > to.1
-    };
-    let (a, b) = if reversed { (to, from) } else { (from, to) };
-    if steps == 0 {
-        visit(from);
-        return;
+/// The fine-grid points of one edge, by their step `t` along its longer (major) axis from the
+/// end with the smaller major coordinate. The minor coordinate is rounded (`(int)(c + 0.5)`)
+/// along the line from that end, which makes the points independent of the edge's direction.
+struct EdgeTrace {
+    from: (i64, i64),
+    /// The end with the smaller major coordinate.
+    start: (i64, i64),
+    steps: i64,
+    x_major: bool,
+    slope: f64,
+}
+
+impl EdgeTrace {
+    fn new(from: (i64, i64), to: (i64, i64)) -> Self {
+        let (dx, dy) = ((to.0 - from.0).abs(), (to.1 - from.1).abs());
+        let x_major = dx >= dy;
+        let steps = dx.max(dy);
+        let reversed = if x_major {
+            from.0 > to.0
+        } else {
+            from.1 > to.1
+        };
+        let (a, b) = if reversed { (to, from) } else { (from, to) };
+        let slope = match (steps, x_major) {
+            (0, _) => 0.0,
+            (_, true) => (b.1 - a.1) as f64 / steps as f64,
+            (_, false) => (b.0 - a.0) as f64 / steps as f64,
+        };
+        Self {
+            from,
+            start: a,
+            steps,
+            x_major,
+            slope,
+        }
     }
-    let slope = if x_major {
-        (b.1 - a.1) as f64 / steps as f64
-    } else {
-        (b.0 - a.0) as f64 / steps as f64
-    };
-    for d in 0..=steps {
-        let t = if reversed { steps - d } else { d };
-        let minor = |c: i64| (c as f64 + slope * t as f64 + 0.5) as i64;
-        visit(if x_major {
+
+    /// The point at step `t` (`0..=steps`).
+    fn point(&self, t: i64) -> (i64, i64) {
+        let a = self.start;
+        let minor = |c: i64| (c as f64 + self.slope * t as f64 + 0.5) as i64;
+        if self.x_major {
             (a.0 + t, minor(a.1))
         } else {
             (minor(a.0), a.1 + t)
-        });
+        }
+    }
+
+    /// Whether step order runs from `to` back to `from`.
+    fn reversed(&self) -> bool {
+        self.start != self.from
+    }
+
+    /// The first point visited going `from` → `to` (the vertex itself for a point-like edge).
+    fn first(&self) -> (i64, i64) {
+        match self.steps {
+            0 => self.from,
+            s if self.reversed() => self.point(s),
+            _ => self.point(0),
+        }
+    }
+
+    /// The last point visited going `from` → `to`.
+    fn last(&self) -> (i64, i64) {
+        match self.steps {
+            0 => self.from,
+            _ if self.reversed() => self.point(0),
+            s => self.point(s),
+        }
+    }
+
+    /// The steps `t` (from `t` to `t + 1`) on which the trace crosses between fine columns
+    /// `5n + 2` and `5n + 3` for a column `n` in `0..width`: the only steps that can toggle.
+    /// The fine x coordinate is monotone in `t` and moves by at most one per step, so each
+    /// such crossing happens once at most; along the minor axis it is found by bisection.
+    fn column_steps(&self, width: i64) -> Vec<i64> {
+        let u = |t: i64| self.point(t).0;
+        let rising = u(self.steps) >= u(0);
+        let mut found = Vec::new();
+        for n in 0..width {
+            let left = UPSAMPLE * n + 2;
+            if self.x_major {
+                let t = left - self.start.0;
+                if (0..self.steps).contains(&t) {
+                    found.push(t);
+                }
+                continue;
+            }
+            // The first step whose point is past the line, then whether the step before it
+            // was just before the line.
+            let past = |t: i64| if rising { u(t) > left } else { u(t) <= left };
+            let (mut lo, mut hi) = (0, self.steps + 1);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if past(mid) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            let before = if rising { left } else { left + 1 };
+            if (1..=self.steps).contains(&lo) && u(lo - 1) == before {
+                found.push(lo - 1);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The column-major mask of toggles on a `w` x `h` image.
+    fn mask_of(mut toggles: Vec<usize>, w: u32, h: u32) -> Vec<u8> {
+        let mut columns = vec![0u8; (w * h) as usize];
+        toggles.sort_unstable();
+        fill_between_toggles(&toggles, &mut columns);
+        columns
+    }
+
+    /// Finding only the steps across the image's columns gives the same toggles as walking
+    /// every point, whatever the polygon.
+    #[test]
+    fn an_edge_stepped_by_columns_toggles_as_one_walked_point_by_point() {
+        let (w, h) = (6, 5);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let n = rng.random_range(3..8);
+            let xy: Vec<f64> = (0..2 * n).map(|_| rng.random_range(-40.0..45.0)).collect();
+            assert_eq!(
+                mask_of(trace_toggles(&xy, w, h, 0), w, h),
+                mask_of(trace_toggles(&xy, w, h, i64::MAX), w, h),
+                "{xy:?}"
+            );
+        }
+    }
+
+    /// Coordinates far beyond any image cost no more than the image.
+    #[test]
+    fn huge_coordinates_are_bounded_by_the_image() {
+        let square = [-1e15, -1e15, 1e15, -1e15, 1e15, 1e15, -1e15, 1e15];
+        let mask = mask_of(polygon_toggles(&square, 4, 3).unwrap(), 4, 3);
+        assert_eq!(mask, vec![1; 12]);
+        // A thin diagonal sliver across the image, from far outside.
+        let sliver = [-1e14, -1e14, 1e14, 1e14, 1e14, 1e14 + 1.0];
+        polygon_toggles(&sliver, 4, 3).unwrap();
+        for bad in [f64::INFINITY, f64::NAN, 2e15] {
+            assert!(polygon_toggles(&[0.0, 0.0, bad, 0.0, 2.0, 2.0], 4, 3).is_err());
+        }
     }
 }
