@@ -9,8 +9,9 @@ fn main() {
     if let Err(e) = cli::run() {
         if e.downcast_ref::<wesam::adapt::trainer::Interrupted>()
             .is_some()
+            || e.downcast_ref::<cli::interrupt::Stopped>().is_some()
         {
-            // Stopped by Ctrl-C after a checkpoint: the shell's code for an interrupt.
+            // Stopped by Ctrl-C (a run after a checkpoint): the shell's code for an interrupt.
             eprintln!("{e}");
             std::process::exit(130);
         }

@@ -46,6 +46,8 @@ fn no_subcommand_panics_on_hostile_input() {
     let p = |name: &str| d.join(name).to_str().unwrap().to_string();
     let model = fixture_dir().join("model.safetensors");
     let model = model.to_str().unwrap();
+    let pth = fixture_dir().join("model.pth");
+    let pth = pth.to_str().unwrap().to_string();
     let out = |name: &str| p(&format!("out-{name}"));
     let cases: Vec<Vec<String>> = [
         // predict: degenerate images, bad files, bad sizes, prompts outside the image
@@ -251,6 +253,19 @@ fn no_subcommand_panics_on_hostile_input() {
             "vit-b",
             "--image-size",
             "0",
+        ],
+        // prompts that are not numbers, or far off the image; weights of no known architecture
+        vec!["predict", "--checkpoint", model, "--box=NaN,-1e30,1e30,inf"],
+        vec!["predict", "--checkpoint", model, "--point=-1e38,1e38,1"],
+        vec!["eval", "--checkpoint", &pth, "--dataset", &p("thin-data")],
+        vec![
+            "adapt",
+            "--lr",
+            "1e30",
+            "--epochs",
+            "1",
+            "--out",
+            &out("lr"),
         ],
     ]
     .into_iter()

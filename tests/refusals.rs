@@ -316,3 +316,95 @@ fn weights_of_an_unknown_architecture_need_model_config() {
         .config;
     assert_eq!(stored, Some(tiny));
 }
+
+/// Prompts are kept on the image: a box reaching beyond it is cut to it and a point moved onto
+/// its edge, each with a warning; a box wholly outside, a number that is not finite, and mask
+/// logits holding NaN are refused.
+#[test]
+fn prompts_are_kept_on_the_image_and_non_finite_ones_refused() {
+    let root = common::scratch();
+    let image = root.path().join("image.png");
+    image::RgbImage::from_fn(96, 80, |x, y| image::Rgb([x as u8, y as u8, 90]))
+        .save(&image)
+        .unwrap();
+    let model = fixture_dir().join("model.safetensors");
+    let (model, image) = (model.to_str().unwrap(), image.to_str().unwrap());
+    let predict = |prompt: &[&str]| {
+        let mut args = vec!["predict", "--checkpoint", model, "--image", image, "--json"];
+        args.extend(prompt);
+        wesam(&args)
+    };
+    let o = predict(&["--box=-50,-50,2000,40", "--point=500,10,1"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("cut to 0,0,96,40"), "{err}");
+    assert!(err.contains("moved to 96,10"), "{err}");
+
+    let o = predict(&["--box", "500,500,600,600"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside the 96x80 image"),
+        "{}",
+        stderr(&o)
+    );
+    for bad in [&["--box", "NaN,0,10,10"][..], &["--point", "inf,3,1"]] {
+        let o = predict(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not a finite number"), "{}", stderr(&o));
+    }
+
+    let logits = root.path().join("logits.npy");
+    let low = candle_core::Tensor::full(f32::NAN, (32, 32), &candle_core::Device::Cpu).unwrap();
+    low.write_npy(&logits).unwrap();
+    let o = predict(&["--mask-input", logits.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("logits.npy") && err.contains("NaN"), "{err}");
+}
+
+/// A checkpoint whose state cannot be right is refused on `--resume` naming the file and
+/// saying it is corrupt.
+#[test]
+fn a_corrupt_checkpoint_is_named_as_such_on_resume() {
+    use wesam::model::checkpoint::{read_safetensors, write_safetensors};
+    let root = common::scratch();
+    let data = root.path().join("data");
+    make_dataset(&data, 4);
+    let model = fixture_dir().join("model.safetensors");
+    let out = root.path().join("run");
+    let o = wesam(&[
+        "adapt",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--dataset",
+        data.to_str().unwrap(),
+        "--eval-split",
+        "train",
+        "--checkpoint-every",
+        "1",
+        "--crash-after-steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let path = out.join("checkpoint.safetensors");
+    let dev = candle_core::Device::Cpu;
+    let (mut tensors, meta) = read_safetensors(&path, &dev).unwrap();
+    let step = tensors
+        .keys()
+        .find(|k| k.starts_with("optim.") && k.ends_with(".step"))
+        .unwrap()
+        .clone();
+    let negative = (tensors[&step].ones_like().unwrap() * -1.0).unwrap();
+    tensors.insert(step, negative);
+    let tensors: Vec<_> = tensors.into_iter().collect();
+    write_safetensors(&path, &tensors, meta).unwrap();
+    let o = wesam(&["adapt", "--resume", out.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("checkpoint.safetensors") && err.contains("corrupt"),
+        "{err}"
+    );
+}

@@ -70,7 +70,7 @@ impl Checkpoint {
         let (tensors, meta) = read_safetensors(path, device)?;
         let state = serde_json::from_str(
             meta.get(STATE_KEY)
-                .with_context(|| format!("{}: checkpoint without progress", path.display()))?,
+                .with_context(|| format!("{}: corrupt checkpoint: no progress", path.display()))?,
         )
         .with_context(|| format!("{}: corrupt progress metadata", path.display()))?;
         let group = |prefix: &str| -> HashMap<String, Tensor> {

@@ -200,7 +200,7 @@ impl<'a> Trainer<'a> {
             config: self.run.config(),
         });
         if self.state.direct.is_none() {
-            self.evaluate_start()?;
+            self.evaluate_start(ctl)?;
         }
         while self.state.epoch < self.cfg.train.epochs {
             if let Some(reason) = self.run_epoch(ctl)? {
@@ -214,7 +214,7 @@ impl<'a> Trainer<'a> {
                 }
                 .into());
             }
-            self.end_epoch()?;
+            self.end_epoch(ctl)?;
         }
         self.finish()
     }
@@ -225,11 +225,19 @@ impl<'a> Trainer<'a> {
         let path = self.run.checkpoint();
         let c = Checkpoint::load(&path, &self.sam.device)
             .with_context(|| format!("cannot resume from {}", self.run.0.display()))?;
-        restore_vars(&self.trained.vars(), &c.params, &path)?;
-        if let Some(e) = &self.trained.ema {
-            restore_vars(&e.named_vars(), &c.ema, &path)?;
-        }
-        self.opt.load_state(&c.optim)?;
+        let restore = |trainer: &mut Self| -> Result<()> {
+            restore_vars(&trainer.trained.vars(), &c.params, &path)?;
+            if let Some(e) = &trainer.trained.ema {
+                restore_vars(&e.named_vars(), &c.ema, &path)?;
+            }
+            Ok(trainer.opt.load_state(&c.optim)?)
+        };
+        restore(self).with_context(|| {
+            format!(
+                "cannot resume from {}: the checkpoint is corrupt",
+                path.display()
+            )
+        })?;
         self.best = c.best;
         self.state = c.state;
         self.observer.event(&Event::Resumed {
@@ -242,15 +250,15 @@ impl<'a> Trainer<'a> {
     /// Scores the starting model and keeps it until an epoch is kept (under the weak-label
     /// selection it competes with the epochs; under the others it is what a run that diverges
     /// in its first epoch keeps).
-    fn evaluate_start(&mut self) -> Result<()> {
-        let report = self.eval_on(self.sam, None, &self.eval, "direct")?;
+    fn evaluate_start(&mut self, ctl: &RunControl) -> Result<()> {
+        let report = self.eval_on(ctl, self.sam, None, &self.eval, "direct")?;
         self.observer.event(&Event::Direct(&report));
         self.state.direct = Some(Scores::from(&report));
         self.state.best_epoch = Some(0);
         self.best = copy_vars(&self.trained.kept_vars())?;
         if let Selector::WeakLabel = self.selector {
             let model = self.trained.eval_model(self.sam);
-            let a = self.eval_on(model, None, &self.train, "weak labels")?;
+            let a = self.eval_on(ctl, model, None, &self.train, "weak labels")?;
             self.observer.event(&Event::DirectAgreement(a.agreement));
             self.state.direct_selection = Some(a.agreement);
             self.state.best_score = a.agreement;
@@ -258,9 +266,12 @@ impl<'a> Trainer<'a> {
         self.write_metrics()
     }
 
-    /// Evaluates a model with its adapters, if any, on records (no autograd graph).
+    /// Evaluates a model with its adapters, if any, on records (no autograd graph). An
+    /// interrupt is honoured before the next image: the run checkpoints where it stands (the
+    /// evaluation is redone on `--resume`) and ends in [`Interrupted`].
     fn eval_on(
         &self,
+        ctl: &RunControl,
         model: &Sam,
         lora: Option<&Lora>,
         records: &[Record],
@@ -275,9 +286,14 @@ impl<'a> Trainer<'a> {
         let frozen = lora.map(Lora::frozen);
         self.observer.begin(what, records.len(), 0);
         let chunk = 2 * rayon::current_num_threads();
-        let samples = load_parallel(self.dataset, records, chunk);
+        let samples = load_parallel(self.dataset, records, chunk)
+            .take_while(|_| !ctl.interrupt.load(Ordering::SeqCst));
         let report = evaluate(model, frozen.as_ref(), samples, &cfg, self.observer);
         self.observer.end(report.is_ok());
+        if ctl.interrupt.load(Ordering::SeqCst) {
+            self.save_checkpoint()?;
+            return Err(Interrupted(self.run.0.clone()).into());
+        }
         let report = report?;
         for issue in &report.skipped {
             self.observer.event(&Event::EvalSkipped { what, issue });
@@ -426,7 +442,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Ends the epoch: evaluates, scores it for selection, logs it and checkpoints.
-    fn end_epoch(&mut self) -> Result<()> {
+    fn end_epoch(&mut self, ctl: &RunControl) -> Result<()> {
         if self.state.partial.steps == 0 {
             bail!(
                 "epoch {}: none of its {} steps trained (every batch was skipped: no loadable \
@@ -437,20 +453,25 @@ impl<'a> Trainer<'a> {
         }
         let model = self.trained.eval_model(self.sam);
         let lora = self.trained.kept_lora();
-        let report = self.eval_on(model, lora, &self.eval, "eval")?;
+        // Every evaluation before the state changes: an interrupt during one checkpoints the
+        // epoch as trained but not ended.
+        let report = self.eval_on(ctl, model, lora, &self.eval, "eval")?;
+        let selection = match &self.selector {
+            Selector::Last => None,
+            Selector::EvalMiou => Some(report.miou),
+            Selector::ValMiou(records) => {
+                Some(self.eval_on(ctl, model, lora, records, "val")?.miou)
+            }
+            Selector::WeakLabel => Some(
+                self.eval_on(ctl, model, lora, &self.train, "weak labels")?
+                    .agreement,
+            ),
+        };
         let mut row = std::mem::take(&mut self.state.partial);
         row.losses = row.losses.mean_of(row.steps);
         row.epoch = self.state.epoch + 1;
         row.eval = Scores::from(&report);
-        row.selection = match &self.selector {
-            Selector::Last => None,
-            Selector::EvalMiou => Some(report.miou),
-            Selector::ValMiou(records) => Some(self.eval_on(model, lora, records, "val")?.miou),
-            Selector::WeakLabel => Some(
-                self.eval_on(model, lora, &self.train, "weak labels")?
-                    .agreement,
-            ),
-        };
+        row.selection = selection;
         // Without a score the newest epoch is kept; the first scored epoch replaces an unscored
         // start; later ones are kept only when strictly better.
         let s = &self.state;

@@ -2,8 +2,6 @@
 //! `wesam train` (supervised training against the ground truth): one set of flags, one loop.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
@@ -370,14 +368,7 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
     };
     let dataset = data.open(cfg.data.options.clone())?;
 
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    // Ctrl-C, SIGTERM (a scheduler's stop) and SIGHUP end the run after the current step, with
-    // a checkpoint. The handler only sets the flag.
-    let _ = ctrlc::set_handler(move || {
-        eprintln!("\ninterrupt: saving a checkpoint after this step...");
-        flag.store(true, Ordering::SeqCst);
-    });
+    let interrupt = super::interrupt::flag("saving a checkpoint after this step or image...");
     let ctl = RunControl {
         resume: a.resume.is_some(),
         interrupt: &interrupt,

@@ -1,6 +1,7 @@
 //! `wesam eval`: mIoU, Dice and boundary IoU of a model on a dataset split with weak prompts.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
@@ -96,15 +97,21 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     };
     let chunk = wesam::data::loader::default_chunk();
     let terminal = Terminal::default();
+    let interrupt = super::interrupt::flag("stopping before the next image...");
     terminal.begin("eval", records.len(), 0);
-    let report = evaluate(
-        &sam,
-        lora.as_ref(),
-        load_parallel(dataset.as_ref(), &records, chunk),
-        &cfg,
-        &terminal,
-    );
+    let samples = load_parallel(dataset.as_ref(), &records, chunk)
+        .take_while(|_| !interrupt.load(Ordering::SeqCst));
+    let report = evaluate(&sam, lora.as_ref(), samples, &cfg, &terminal);
     terminal.end(report.is_ok());
+    if interrupt.load(Ordering::SeqCst) {
+        let done = report.as_ref().map_or(0, |r| r.images + r.skipped.len());
+        return Err(super::interrupt::Stopped(format!(
+            "interrupted after {done} of {} images: no scores reported (a part of the split \
+             is not the split)",
+            records.len()
+        ))
+        .into());
+    }
     let report = report?;
     if let Some(p) = &a.per_instance {
         write_csv(p, &report)?;

@@ -8,6 +8,7 @@ mod corrupt;
 mod data;
 mod demo;
 mod eval;
+pub mod interrupt;
 mod merge;
 mod predict;
 mod progress;

@@ -76,7 +76,9 @@ fn parse_floats<const N: usize>(s: &str, what: &str) -> Result<[f32; N], String>
         .map(|p| {
             p.trim()
                 .parse::<f32>()
-                .map_err(|_| format!("{what}: `{p}` is not a number"))
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{what}: `{p}` is not a finite number"))
         })
         .collect::<Result<_, _>>()?;
     v.try_into().map_err(|v: Vec<f32>| {
@@ -103,6 +105,47 @@ fn parse_point(s: &str) -> Result<[f32; 3], String> {
         ));
     }
     Ok(p)
+}
+
+/// Keeps the prompts on a `w` x `h` image, as its pixels are: a box reaching beyond it is cut
+/// to it and a point beyond it moved onto its edge, each with a warning; a box wholly outside
+/// it is an error.
+fn fit_prompts(prompts: &mut ImagePrompts, (w, h): (u32, u32)) -> anyhow::Result<()> {
+    let (w, h) = (w as f32, h as f32);
+    prompts.bbox = match prompts.bbox {
+        Some(b) => {
+            let cut = [b[0].max(0.0), b[1].max(0.0), b[2].min(w), b[3].min(h)];
+            if cut[0] >= cut[2] || cut[1] >= cut[3] {
+                bail!(
+                    "box {},{},{},{} lies outside the {w}x{h} image",
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3]
+                );
+            }
+            if cut != b {
+                eprintln!(
+                    "warning: box {},{},{},{} reaches beyond the {w}x{h} image: cut to {},{},{},{}",
+                    b[0], b[1], b[2], b[3], cut[0], cut[1], cut[2], cut[3]
+                );
+            }
+            Some(cut)
+        }
+        None => None,
+    };
+    for p in &mut prompts.points {
+        let [x, y, label] = *p;
+        let moved = [x.clamp(0.0, w), y.clamp(0.0, h), label];
+        if moved[..2] != [x, y] {
+            eprintln!(
+                "warning: point {x},{y} lies outside the {w}x{h} image: moved to {},{}",
+                moved[0], moved[1]
+            );
+        }
+        *p = moved;
+    }
+    Ok(())
 }
 
 /// The built-in demo image: a bright ellipse on a shaded background, and a box around it.
@@ -141,6 +184,10 @@ fn mask_prompt(
                 t.dims()
             );
         }
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+            bail!("{}: the mask logits hold {v}", path.display());
+        }
         return Ok(t.reshape((1, 1, low, low))?);
     }
     let mask = io::read_gray(path)?;
@@ -166,12 +213,8 @@ struct Report {
     selected: usize,
 }
 
-fn draw_overlay(
-    img: &RgbImage,
-    mask: &GrayImage,
-    args: &PredictArgs,
-    bbox: Option<[f32; 4]>,
-) -> RgbImage {
+/// The image with the mask tinted and the prompts drawn.
+fn draw_overlay(img: &RgbImage, mask: &GrayImage, prompts: &ImagePrompts) -> RgbImage {
     use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut};
     let mut out = img.clone();
     for (p, m) in out.pixels_mut().zip(mask.pixels()) {
@@ -181,12 +224,12 @@ fn draw_overlay(
             }
         }
     }
-    if let Some(b) = bbox {
+    if let Some(b) = prompts.bbox {
         let rect = imageproc::rect::Rect::at(b[0] as i32, b[1] as i32)
             .of_size(((b[2] - b[0]) as u32).max(1), ((b[3] - b[1]) as u32).max(1));
         draw_hollow_rect_mut(&mut out, rect, Rgb([0, 255, 0]));
     }
-    for p in &args.points {
+    for p in &prompts.points {
         let colour = if p[2] == 1.0 {
             Rgb([0, 255, 0])
         } else {
@@ -227,13 +270,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         bail!("give at least one prompt: --box, --point or --mask-input");
     }
 
-    let mut predictor = Predictor::new(&sam, lora.as_ref(), args.profile.preprocessing());
-    predictor.set_image(&img)?;
     let mut prompts = ImagePrompts {
         bbox,
         points: args.points.clone(),
         mask: None,
     };
+    fit_prompts(&mut prompts, img.dimensions())?;
+    let mut predictor = Predictor::new(&sam, lora.as_ref(), args.profile.preprocessing());
+    predictor.set_image(&img)?;
     if let Some(m) = &args.mask_input {
         let image_path = args
             .image
@@ -278,7 +322,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         &args,
         &img,
         &mask,
-        bbox,
+        &prompts,
         &out.low_res.get(0)?.get(selected)?,
     )?;
     print_report(
@@ -298,7 +342,7 @@ fn write_outputs(
     args: &PredictArgs,
     img: &RgbImage,
     mask: &GrayImage,
-    bbox: Option<[f32; 4]>,
+    prompts: &ImagePrompts,
     logits: &Tensor,
 ) -> anyhow::Result<()> {
     if let Some(p) = &args.out {
@@ -307,7 +351,7 @@ fn write_outputs(
     if let Some(p) = &args.overlay {
         io::write_image(
             p,
-            &DynamicImage::ImageRgb8(draw_overlay(img, mask, args, bbox)),
+            &DynamicImage::ImageRgb8(draw_overlay(img, mask, prompts)),
         )?;
     }
     if let Some(p) = &args.logits {

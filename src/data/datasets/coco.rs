@@ -512,7 +512,7 @@ const MAX_COORDINATE: f64 = 1e15;
 /// columns are found ([`EdgeTrace::column_steps`]), so the work is bounded by the image whatever
 /// the coordinates, with the same result.
 fn polygon_toggles(xy: &[f64], width: u32, height: u32) -> anyhow::Result<Vec<usize>> {
-    if let Some(v) = xy.iter().find(|v| !(v.abs() <= MAX_COORDINATE)) {
+    if let Some(v) = xy.iter().find(|v| v.is_nan() || v.abs() > MAX_COORDINATE) {
         bail!("polygon coordinate {v} is out of range (beyond ±{MAX_COORDINATE:e})");
     }
     let walk_up_to = 5 * i64::from(width + height);
