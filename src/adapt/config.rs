@@ -12,6 +12,7 @@ use super::optim::{AdamConfig, LrSchedule, REFERENCE_WARMUP_STEPS};
 use crate::data::corrupt::Corruption;
 use crate::data::prompts::{PromptConfig, PromptKind};
 use crate::data::{DatasetOptions, Split};
+use crate::model::sam_adapter::FpeLayout;
 use crate::model::{LoraConfig, ModelType, Precision, SamConfig};
 use crate::profile::Profile;
 
@@ -124,6 +125,9 @@ pub struct ModelConfig {
     /// one nor is an official SAM (`--model-config FILE` is read into it,
     /// so the run directory's `config.toml` is self-contained).
     pub architecture: Option<SamConfig>,
+    /// How a SAM-Adapter checkpoint's F_pe reads the patch embedding; `None`: the file's, else
+    /// the released code's (`faithful`).
+    pub fpe_layout: Option<FpeLayout>,
     pub trainable: Trainable,
     /// With `trainable = "named"`: a weight is trained when its official name contains one of
     /// these strings.

@@ -63,6 +63,19 @@ pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     mean_all(&value)? + surrogate
 }
 
+/// SAM-Adapter's `iou` loss (Chen et al.; `docs/sam-adapter.md`): binary cross-entropy with
+/// logits, the mean over every pixel of the batch, plus the mean over images of the soft IoU loss
+/// `1 − Σσ(x)t / (Σσ(x) + Σt − Σσ(x)t)`, summed over each image's pixels, without epsilon.
+/// `logits` and `target` are `[B, ...]`, one image per row.
+pub fn bce_iou(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let bce = (softplus(logits)? - (logits * target)?)?.mean_all()?;
+    let p = candle_nn::ops::sigmoid(logits)?.flatten_from(1)?;
+    let t = target.flatten_from(1)?;
+    let inter = (&p * &t)?.sum(1)?;
+    let union = ((p.sum(1)? + t.sum(1)?)? - &inter)?;
+    bce + (1.0 - (inter / union)?)?.mean_all()?
+}
+
 /// `ln σ(z)` as `-softplus(-z)`, floored at PyTorch's -100, and exactly -100 where `saturated`
 /// (PyTorch's f32 sigmoid rounded this probability to zero).
 fn clamped_log_sigmoid(z: &Tensor, saturated: &Tensor) -> Result<Tensor> {

@@ -18,6 +18,7 @@ use wesam::data::corrupt::Corruption;
 use wesam::data::prompts::PromptKind;
 use wesam::data::Split;
 use wesam::device::DeviceKind;
+use wesam::model::sam_adapter::FpeLayout;
 use wesam::model::{ModelType, Precision, Sam, SamConfig};
 use wesam::profile::Profile;
 
@@ -47,6 +48,10 @@ pub struct AdaptArgs {
     /// configs/sam-tiny.toml).
     #[arg(long)]
     model_config: Option<PathBuf>,
+    /// How a SAM-Adapter checkpoint's F_pe reads the patch embedding: per-token or faithful
+    /// (the released code's) [default: the file's, else faithful].
+    #[arg(long, value_parser = choice::<FpeLayout>())]
+    fpe_layout: Option<FpeLayout>,
     /// What is trained: LoRA adapters (default), the mask decoder, every weight, or the
     /// weights named by --train-names.
     #[arg(long, value_parser = choice::<Trainable>())]
@@ -125,7 +130,7 @@ pub struct AdaptArgs {
     /// flag that would change the run is accepted beside it.
     #[arg(long, conflicts_with_all = [
         "config", "dataset", "data_root", "prompt", "checkpoint", "model_type", "init",
-        "model_config", "trainable", "train_names", "image_size", "profile", "epochs",
+        "model_config", "fpe_layout", "trainable", "train_names", "image_size", "profile", "epochs",
         "batch_size", "lr", "optimizer", "weight_decay", "ema", "lora_rank", "lora_scale",
         "lora_blocks", "without", "anchor_weighting", "anchor_trust_exponent", "loss_resolution",
         "max_instances", "seed", "val_fraction", "select", "train_limit", "eval_limit",
@@ -203,7 +208,7 @@ fn resolve(
     }
     set!(
         data_root => data.data_root, checkpoint => model.checkpoint, model_type => model.model_type,
-        image_size => model.image_size, init => model.init, trainable => model.trainable, prompt => prompt, profile => profile, epochs => train.epochs,
+        image_size => model.image_size, init => model.init, fpe_layout => model.fpe_layout, trainable => model.trainable, prompt => prompt, profile => profile, epochs => train.epochs,
         batch_size => train.batch_size, lr => train.lr, optimizer => train.optimizer, weight_decay => train.weight_decay, ema => train.ema_momentum,
         lora_rank => model.lora.rank, lora_scale => model.lora.scale, lora_blocks => model.lora.blocks,
         loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,
@@ -257,12 +262,16 @@ fn starting_model(cfg: &AdaptConfig, dev: &candle_core::Device) -> anyhow::Resul
                 (Some(a), _) => Some(a.clone()),
                 (None, t) => t.map(SamConfig::official),
             };
-            Sam::load(
+            let mut sam = Sam::load(
                 &checkpoint,
                 architecture.as_ref(),
                 cfg.model.image_size,
                 dev,
-            )
+            )?;
+            if let Some(layout) = cfg.model.fpe_layout {
+                sam.set_fpe_layout(layout)?;
+            }
+            Ok(sam)
         }
         Init::Random => {
             let arch = match (&cfg.model.architecture, cfg.model.model_type) {

@@ -11,6 +11,7 @@ use wesam::data::corrupt::{Corrupted, Corruption, CorruptionSpec};
 use wesam::data::datasets::{self, DatasetSpec};
 use wesam::data::{Dataset, DatasetOptions, InstanceMode, Record};
 use wesam::device::DeviceKind;
+use wesam::model::sam_adapter::FpeLayout;
 use wesam::model::{Lora, ModelType, Precision, Sam, SamConfig};
 use wesam::profile::Profile;
 
@@ -25,16 +26,31 @@ pub struct ArchitectureArgs {
     /// file with the official builder's arguments (e.g. configs/sam-tiny.toml).
     #[arg(long, conflicts_with = "model_type")]
     pub model_config: Option<PathBuf>,
+    /// How a SAM-Adapter's F_pe reads the patch embedding: per-token (what the paper describes;
+    /// adapters wesam trains) or faithful (the released code's scrambled reshape, which
+    /// released checkpoints need) [default: the file's, else faithful].
+    #[arg(long, value_parser = choice::<FpeLayout>())]
+    pub fpe_layout: Option<FpeLayout>,
 }
 
 impl ArchitectureArgs {
-    /// The architecture the user gave, if any.
-    pub fn resolve(&self) -> anyhow::Result<Option<SamConfig>> {
-        match (&self.model_config, self.model_type) {
-            (Some(path), _) => Ok(Some(SamConfig::from_file(path)?)),
-            (None, Some(t)) => Ok(Some(SamConfig::official(t))),
-            (None, None) => Ok(None),
+    /// Loads `checkpoint` with the architecture the user gave, if any.
+    pub fn load(
+        &self,
+        checkpoint: &std::path::Path,
+        input_size: Option<usize>,
+        dev: &Device,
+    ) -> anyhow::Result<Sam> {
+        let architecture = match (&self.model_config, self.model_type) {
+            (Some(path), _) => Some(SamConfig::from_file(path)?),
+            (None, Some(t)) => Some(SamConfig::official(t)),
+            (None, None) => None,
+        };
+        let mut sam = Sam::load(checkpoint, architecture.as_ref(), input_size, dev)?;
+        if let Some(layout) = self.fpe_layout {
+            sam.set_fpe_layout(layout)?;
         }
+        Ok(sam)
     }
 }
 
@@ -63,13 +79,9 @@ impl ModelArgs {
     /// Opens the device and loads the model and its adapters.
     pub fn load(&self) -> anyhow::Result<(Sam, Option<Lora>, Device)> {
         let dev = self.device.open()?;
-        let architecture = self.architecture.resolve()?;
-        let mut sam = Sam::load(
-            &self.checkpoint,
-            architecture.as_ref(),
-            self.image_size,
-            &dev,
-        )?;
+        let mut sam = self
+            .architecture
+            .load(&self.checkpoint, self.image_size, &dev)?;
         sam.image_encoder.set_precision(self.precision);
         let lora = match &self.lora {
             Some(p) => Some(Lora::load(p, &sam.config, &dev)?),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::args::ArchitectureArgs;
 use wesam::device::DeviceKind;
-use wesam::model::{Lora, Sam};
+use wesam::model::Lora;
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
@@ -23,8 +23,7 @@ pub struct MergeArgs {
 
 pub fn run(a: MergeArgs) -> anyhow::Result<()> {
     let dev = DeviceKind::Cpu.open()?;
-    let architecture = a.architecture.resolve()?;
-    let sam = Sam::load(&a.checkpoint, architecture.as_ref(), None, &dev)?;
+    let sam = a.architecture.load(&a.checkpoint, None, &dev)?;
     let lora = Lora::load(&a.lora, &sam.config, &dev)?;
     sam.save(&a.out, Some(&lora))?;
     eprintln!(

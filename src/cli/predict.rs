@@ -45,6 +45,10 @@ pub struct PredictArgs {
     /// written by --logits).
     #[arg(long)]
     mask_input: Option<PathBuf>,
+    /// `none`: decode without any prompt, from the decoder's learned dense embedding alone (how
+    /// SAM-Adapter models segment); no --box, --point or --mask-input beside it.
+    #[arg(long, value_parser = ["none"], conflicts_with_all = ["bbox", "points", "mask_input"])]
+    prompt: Option<String>,
     /// Return the three multimask outputs instead of one mask; the best-scoring one is written.
     #[arg(long)]
     multimask: bool,
@@ -244,10 +248,7 @@ fn draw_overlay(img: &RgbImage, mask: &GrayImage, prompts: &ImagePrompts) -> Rgb
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let dev = args.device.open()?;
     let sam = match &args.checkpoint {
-        Some(path) => {
-            let architecture = args.architecture.resolve()?;
-            Sam::load(path, architecture.as_ref(), args.image_size, &dev)?
-        }
+        Some(path) => args.architecture.load(path, args.image_size, &dev)?,
         None => {
             eprintln!("no --checkpoint: running the built-in demo model (small, random weights)");
             Sam::random(&SamConfig::demo(), args.image_size, 0, &dev)?
@@ -262,12 +263,13 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         None => {
             let (img, b) = demo_image();
             eprintln!("no --image: segmenting a generated image");
-            (img, "<generated>".to_string(), args.bbox.or(Some(b)))
+            let demo_box = args.prompt.is_none().then_some(b);
+            (img, "<generated>".to_string(), args.bbox.or(demo_box))
         }
     };
-    if args.image.is_some() && bbox.is_none() && args.points.is_empty() && args.mask_input.is_none()
-    {
-        bail!("give at least one prompt: --box, --point or --mask-input");
+    let no_prompt = bbox.is_none() && args.points.is_empty() && args.mask_input.is_none();
+    if args.image.is_some() && no_prompt && args.prompt.is_none() {
+        bail!("give at least one prompt: --box, --point or --mask-input (or --prompt none)");
     }
 
     let mut prompts = ImagePrompts {

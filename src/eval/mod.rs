@@ -1,9 +1,11 @@
 //! `wesam eval`'s engine: a model over a dataset's images, each encoded once and all its
 //! instance prompts decoded in one batch, scored per [`metrics`] against the ground truth and,
-//! by [`agreement`], against the weak labels alone.
+//! by [`agreement`], against the weak labels alone. [`sod`] holds the camouflage and shadow
+//! metrics of SAM-Adapter's community.
 
 pub mod agreement;
 pub mod metrics;
+pub mod sod;
 
 use std::path::PathBuf;
 use std::time::Instant;

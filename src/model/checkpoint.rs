@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{ModelType, SamConfig};
 use super::hf;
+use super::sam_adapter::FpeLayout;
 
 /// Metadata key holding the JSON [`SamConfig`] of a saved model.
 pub const CONFIG_METADATA_KEY: &str = "wesam.config";
@@ -130,6 +131,46 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     Ok(values.iter().all(|v| v.is_finite()))
 }
 
+/// Where SAM-Adapter's prompt generator lives in a state dict.
+const ADAPTER_PREFIX: &str = "image_encoder.prompt_generator.";
+
+/// The two prompt-free tensors of a released SAM-Adapter checkpoint, stored at the top level,
+/// and their names in SAM's prompt encoder, where wesam keeps them.
+const RELEASED_PROMPT_FREE_NAMES: [(&str, &str); 2] = [
+    (
+        "no_mask_embed.weight",
+        "prompt_encoder.no_mask_embed.weight",
+    ),
+    (
+        "pe_layer.positional_encoding_gaussian_matrix",
+        "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    ),
+];
+
+/// Renames a released SAM-Adapter checkpoint's top-level `no_mask_embed` and `pe_layer` into the
+/// prompt encoder.
+fn from_released_sam_adapter(mut tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    for (released, ours) in RELEASED_PROMPT_FREE_NAMES {
+        if !tensors.contains_key(ours) {
+            if let Some(t) = tensors.remove(released) {
+                tensors.insert(ours.to_string(), t);
+            }
+        }
+    }
+    tensors
+}
+
+/// The state dict under the released SAM-Adapter names, for a prompt-free model (no prompt
+/// encoder layers), so that the authors' code loads it with `strict=True`.
+pub fn to_released_sam_adapter(mut tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    for (released, ours) in RELEASED_PROMPT_FREE_NAMES {
+        if let Some(t) = tensors.remove(ours) {
+            tensors.insert(released.to_string(), t);
+        }
+    }
+    tensors
+}
+
 /// Strips a wrapper prefix (`model.`, `module.`, `sam.`) shared by every key.
 fn strip_wrapper_prefix(mut tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
     for prefix in ["module.", "model.", "sam."] {
@@ -166,7 +207,7 @@ impl StateDict {
             hf::to_official(tensors)
                 .with_context(|| format!("{}: HuggingFace SamModel layout", path.display()))?
         } else {
-            tensors
+            from_released_sam_adapter(tensors)
         };
         let config = match meta.get(CONFIG_METADATA_KEY) {
             Some(json) => Some(serde_json::from_str(json).with_context(|| {
@@ -189,6 +230,18 @@ impl StateDict {
     /// every setting (the decoder's head count), so weights of any other architecture without
     /// stored configuration are refused rather than built with a guess.
     pub fn resolve_config(&self, given: Option<&SamConfig>) -> anyhow::Result<SamConfig> {
+        let mut config = self.stated_or_official_config(given)?;
+        if config.sam_adapter.is_none()
+            && self.tensors.keys().any(|k| k.starts_with(ADAPTER_PREFIX))
+        {
+            // Released SAM-Adapter checkpoints were trained with the scrambled F_pe.
+            config.sam_adapter = Some(FpeLayout::Faithful);
+        }
+        Ok(config)
+    }
+
+    /// [`StateDict::resolve_config`] before the adapter is detected.
+    fn stated_or_official_config(&self, given: Option<&SamConfig>) -> anyhow::Result<SamConfig> {
         if let Some(c) = given {
             return Ok(c.clone());
         }

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::sam_adapter::FpeLayout;
+
 /// The largest model input size accepted: 4 × the official 1024, already 16 × its activations.
 pub const MAX_INPUT_SIZE: usize = 4096;
 
@@ -28,6 +30,12 @@ pub struct SamConfig {
     pub iou_head_depth: usize,
     pub iou_head_hidden_dim: usize,
     pub num_multimask_outputs: usize,
+    /// SAM-Adapter's explicit-visual-prompt adapter in the image encoder, with its F_pe layout
+    /// (`model::sam_adapter`); `None` for SAM itself. Not an argument of the official builder:
+    /// stored in the `wesam.config` of files wesam writes, and detected from the keys of
+    /// released SAM-Adapter checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sam_adapter: Option<FpeLayout>,
 }
 
 /// The official model types of the SAM registry.
@@ -76,6 +84,7 @@ impl SamConfig {
             iou_head_depth: 3,
             iou_head_hidden_dim: 256,
             num_multimask_outputs: 3,
+            sam_adapter: None,
         }
     }
 
@@ -98,6 +107,7 @@ impl SamConfig {
             iou_head_depth: 3,
             iou_head_hidden_dim: 64,
             num_multimask_outputs: 3,
+            sam_adapter: None,
         }
     }
 

@@ -16,6 +16,7 @@ use super::config::SamConfig;
 use super::layers::{Conv2d, Linear, Norm};
 use super::lora::{Lora, LoraQkv};
 use super::precision::Precision;
+use super::sam_adapter::SamAdapter;
 use crate::ops::attention::rel_pos_attention;
 use crate::ops::gelu::gelu;
 use crate::ops::resize::{resize_2d, Interpolation};
@@ -330,6 +331,8 @@ pub struct ImageEncoder {
     neck_norm1: Norm,
     neck_conv2: Conv2d,
     neck_norm2: Norm,
+    /// SAM-Adapter's prompt generator, whose prompts are added before each block.
+    adapter: Option<SamAdapter>,
     /// What the encoder computes in; its weights stay as loaded.
     precision: Precision,
 }
@@ -352,6 +355,10 @@ impl ImageEncoder {
             neck_norm1: Norm::new(out, LN_EPS, vb.pp("neck.1"))?,
             neck_conv2: Conv2d::new((out, out, 3), (1, 1, false), vb.pp("neck.2"))?,
             neck_norm2: Norm::new(out, LN_EPS, vb.pp("neck.3"))?,
+            adapter: cfg
+                .sam_adapter
+                .map(|layout| SamAdapter::new(cfg, layout, vb.pp("prompt_generator")))
+                .transpose()?,
             precision: Precision::F32,
         })
     }
@@ -365,13 +372,20 @@ impl ImageEncoder {
         }
     }
 
+    /// The SAM-Adapter prompt generator, if the encoder has one.
+    pub fn adapter_mut(&mut self) -> Option<&mut SamAdapter> {
+        self.adapter.as_mut()
+    }
+
     /// What the encoder computes in.
     pub fn precision(&self) -> Precision {
         self.precision
     }
 
     /// Image embeddings `[B, prompt_embed_dim, H/p, W/p]` of a preprocessed `[B, 3, H, W]` batch.
-    /// With `lora`, its adapters are applied; without, this is the frozen base model.
+    /// With `lora`, its adapters are applied; without, this is the frozen base model. A
+    /// SAM-Adapter's prompts, computed from the patch embedding and the input, are added before
+    /// every block (in f32, the residual stream's precision).
     ///
     /// In a low precision, the products (patch embedding, blocks, neck convolutions) are
     /// computed in it and the rest in f32: the residual stream, the norms, the softmaxes, as
@@ -379,11 +393,19 @@ impl ImageEncoder {
     pub fn forward(&self, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
         let (stream, products) = (x.dtype(), self.precision.dtype());
         let low = |t: &Tensor| t.to_dtype(products);
+        let image = x;
         let x = self.patch_embed.forward(&low(x)?)?.to_dtype(stream)?;
         let x = x.permute((0, 2, 3, 1))?;
         let (_, gh, gw, _) = x.dims4()?;
+        let prompts = match &self.adapter {
+            Some(a) => a.prompts(&x, image)?,
+            None => Vec::new(),
+        };
         let mut x = x.broadcast_add(&self.pos_embed_for(gh, gw)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
+            if let Some(p) = prompts.get(i) {
+                x = (x + p)?;
+            }
             x = block.forward(&x, lora.and_then(|l| l.block(i)))?;
         }
         let x = x.permute((0, 3, 1, 2))?;

@@ -1,7 +1,8 @@
 //! The Segment Anything model, trainable in candle, split as the official code is:
 //! [`image_encoder`], [`prompt_encoder`], [`mask_decoder`] and its [`transformer`], built from a
 //! [`config::SamConfig`] (the official registry's `vit_b`/`vit_l`/`vit_h` or any smaller one)
-//! and from the [`layers`] they share. [`lora`] holds the trainable adapters, [`checkpoint`] the
+//! and from the [`layers`] they share. [`lora`] holds the trainable adapters and [`sam_adapter`]
+//! SAM-Adapter's explicit-visual-prompt adapter, [`checkpoint`] the
 //! file formats ([`hf`] the HuggingFace key names), [`transforms`] the pre- and post-processing
 //! of images and prompts. The kernels the layers compute with are in [`crate::ops`].
 
@@ -15,6 +16,7 @@ pub mod mask_decoder;
 pub mod precision;
 pub mod predictor;
 pub mod prompt_encoder;
+pub mod sam_adapter;
 pub mod transformer;
 pub mod transforms;
 
@@ -201,6 +203,17 @@ impl Sam {
             .forward(embedding, &pe, &sparse, &dense, multimask)
     }
 
+    /// Reads a SAM-Adapter's F_pe in `layout` (e.g. per-token for a checkpoint trained so but
+    /// stored without wesam's metadata); an error for a model without that adapter.
+    pub fn set_fpe_layout(&mut self, layout: sam_adapter::FpeLayout) -> anyhow::Result<()> {
+        let adapter = self.image_encoder.adapter_mut().context(
+            "--fpe-layout: the model has no SAM-Adapter (no image_encoder.prompt_generator)",
+        )?;
+        adapter.set_layout(layout);
+        self.config.sam_adapter = Some(layout);
+        Ok(())
+    }
+
     /// The state dict with `lora` folded in (or the base weights without it).
     pub fn merged_weights(&self, lora: Option<&Lora>) -> anyhow::Result<HashMap<String, Tensor>> {
         let mut w = self.weights.clone();
@@ -211,9 +224,15 @@ impl Sam {
     }
 
     /// Saves the (merged) weights as safetensors with official names and the configuration in
-    /// the `wesam.config` metadata, loadable by the official `Sam` with `strict=True`.
+    /// the `wesam.config` metadata, loadable by the official `Sam` with `strict=True` (a
+    /// prompt-free SAM-Adapter model under the released SAM-Adapter names, loadable by the
+    /// authors' code).
     pub fn save(&self, path: &Path, lora: Option<&Lora>) -> anyhow::Result<()> {
-        let mut tensors: Vec<_> = self.merged_weights(lora)?.into_iter().collect();
+        let mut weights = self.merged_weights(lora)?;
+        if !self.prompt_encoder.takes_prompts() {
+            weights = checkpoint::to_released_sam_adapter(weights);
+        }
+        let mut tensors: Vec<_> = weights.into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let meta = HashMap::from([(
             checkpoint::CONFIG_METADATA_KEY.to_string(),

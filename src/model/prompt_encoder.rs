@@ -87,36 +87,70 @@ impl Prompts {
 #[derive(Debug, Clone)]
 pub struct PromptEncoder {
     pe: PositionEmbedding,
+    no_mask: Tensor,
+    /// The layers that embed points, boxes and masks; absent from a prompt-free model (a
+    /// released SAM-Adapter checkpoint holds only `no_mask_embed` and `pe_layer`).
+    layers: Option<PromptLayers>,
+    embed_dim: usize,
+}
+
+/// The layers of [`PromptEncoder`] that embed prompts.
+#[derive(Debug, Clone)]
+struct PromptLayers {
     /// negative point, positive point, box top-left, box bottom-right.
     point_embeddings: [Tensor; 4],
     not_a_point: Tensor,
-    no_mask: Tensor,
     mask_conv1: Conv2d,
     mask_norm1: Norm,
     mask_conv2: Conv2d,
     mask_norm2: Norm,
     mask_conv3: Conv2d,
-    embed_dim: usize,
 }
 
 impl PromptEncoder {
-    /// Loads the encoder from the official `prompt_encoder.*` keys under `vb`.
+    /// Loads the encoder from the official `prompt_encoder.*` keys under `vb`. A SAM-Adapter
+    /// model may lack the layers that embed prompts: it then runs prompt-free only.
     pub fn new(cfg: &SamConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let mc = cfg.mask_in_chans;
         let pe = |i: usize| vb.get((1, d), &format!("point_embeddings.{i}.weight"));
         let mvb = vb.pp("mask_downscaling");
+        let prompt_free =
+            cfg.sam_adapter.is_some() && !vb.contains_tensor("point_embeddings.0.weight");
+        let layers = if prompt_free {
+            None
+        } else {
+            Some(PromptLayers {
+                point_embeddings: [pe(0)?, pe(1)?, pe(2)?, pe(3)?],
+                not_a_point: vb.get((1, d), "not_a_point_embed.weight")?,
+                mask_conv1: Conv2d::new((1, mc / 4, 2), (2, 0, true), mvb.pp("0"))?,
+                mask_norm1: Norm::new(mc / 4, 1e-6, mvb.pp("1"))?,
+                mask_conv2: Conv2d::new((mc / 4, mc, 2), (2, 0, true), mvb.pp("3"))?,
+                mask_norm2: Norm::new(mc, 1e-6, mvb.pp("4"))?,
+                mask_conv3: Conv2d::new((mc, d, 1), (1, 0, true), mvb.pp("6"))?,
+            })
+        };
         Ok(Self {
             pe: PositionEmbedding::new(d / 2, vb.pp("pe_layer"))?,
-            point_embeddings: [pe(0)?, pe(1)?, pe(2)?, pe(3)?],
-            not_a_point: vb.get((1, d), "not_a_point_embed.weight")?,
             no_mask: vb.get((1, d), "no_mask_embed.weight")?,
-            mask_conv1: Conv2d::new((1, mc / 4, 2), (2, 0, true), mvb.pp("0"))?,
-            mask_norm1: Norm::new(mc / 4, 1e-6, mvb.pp("1"))?,
-            mask_conv2: Conv2d::new((mc / 4, mc, 2), (2, 0, true), mvb.pp("3"))?,
-            mask_norm2: Norm::new(mc, 1e-6, mvb.pp("4"))?,
-            mask_conv3: Conv2d::new((mc, d, 1), (1, 0, true), mvb.pp("6"))?,
+            layers,
             embed_dim: d,
+        })
+    }
+
+    /// Whether the encoder embeds points, boxes and masks (else only the prompt-free call).
+    pub fn takes_prompts(&self) -> bool {
+        self.layers.is_some()
+    }
+
+    /// The prompt layers, or an error saying the model is prompt-free.
+    fn layers(&self) -> Result<&PromptLayers> {
+        self.layers.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(
+                "this model has no prompt encoder (a SAM-Adapter checkpoint): it runs prompt-free \
+                 only (--prompt none)"
+                    .into(),
+            )
         })
     }
 
@@ -152,30 +186,36 @@ impl PromptEncoder {
                 1,
             )?;
         }
+        let layers = self.layers()?;
         let emb = self.pe.encode_pixels(&coords, input_hw)?;
         let is = |v: f64| -> Result<Tensor> { labels.eq(v)?.to_dtype(DType::F32)?.unsqueeze(2) };
         let (pad_m, neg_m, pos_m) = (is(-1.0)?, is(0.0)?, is(1.0)?);
         let keep = (1.0 - &pad_m)?;
         emb.broadcast_mul(&keep)?
-            .add(&pad_m.broadcast_mul(&self.not_a_point)?)?
-            .add(&neg_m.broadcast_mul(&self.point_embeddings[0])?)?
-            .add(&pos_m.broadcast_mul(&self.point_embeddings[1])?)
+            .add(&pad_m.broadcast_mul(&layers.not_a_point)?)?
+            .add(&neg_m.broadcast_mul(&layers.point_embeddings[0])?)?
+            .add(&pos_m.broadcast_mul(&layers.point_embeddings[1])?)
     }
 
     fn embed_boxes(&self, boxes: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
         let n = boxes.dim(0)?;
         let corners = (boxes.to_dtype(DType::F32)? + 0.5)?.reshape((n, 2, 2))?;
+        let layers = self.layers()?;
         let emb = self.pe.encode_pixels(&corners, input_hw)?;
-        let corner_embed = Tensor::cat(&[&self.point_embeddings[2], &self.point_embeddings[3]], 0)?;
+        let corner_embed = Tensor::cat(
+            &[&layers.point_embeddings[2], &layers.point_embeddings[3]],
+            0,
+        )?;
         emb.broadcast_add(&corner_embed)
     }
 
     fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
-        let x = self.mask_conv1.forward(masks)?;
-        let x = gelu(&self.mask_norm1.forward_2d(&x)?)?;
-        let x = self.mask_conv2.forward(&x)?;
-        let x = gelu(&self.mask_norm2.forward_2d(&x)?)?;
-        self.mask_conv3.forward(&x)
+        let l = self.layers()?;
+        let x = l.mask_conv1.forward(masks)?;
+        let x = gelu(&l.mask_norm1.forward_2d(&x)?)?;
+        let x = l.mask_conv2.forward(&x)?;
+        let x = gelu(&l.mask_norm2.forward_2d(&x)?)?;
+        l.mask_conv3.forward(&x)
     }
 
     /// Sparse `[n, k, C]` and dense `[n, C, h, w]` embeddings of the prompts, for an input frame

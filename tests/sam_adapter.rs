@@ -1,0 +1,253 @@
+//! SAM-Adapter (explicit visual prompting) against the fixture that
+//! `scripts/make_sam_adapter_fixture.py` builds in PyTorch from the specification: the
+//! high-frequency component, the prompt-free low-resolution logits for both F_pe layouts, and
+//! the gradient of SAM-Adapter's BCE + IoU loss with respect to every adapter, mask-decoder and
+//! `no_mask_embed` tensor. Tolerances: 1e-5 for F_hfc, 1e-4 for outputs, 1e-3 of each tensor's
+//! largest gradient (at least 1e-7).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use common::assert_close;
+use wesam::adapt::losses::bce_iou;
+use wesam::model::checkpoint::StateDict;
+use wesam::model::sam_adapter::{high_frequency, FpeLayout};
+use wesam::model::{Prompts, Sam};
+use wesam::ops::resize::{resize_2d, Interpolation};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sam_adapter")
+        .join(name)
+}
+
+fn cases() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("cases.safetensors"), &common::device()).unwrap()
+}
+
+/// The fixture model with F_pe in `layout`.
+fn model(layout: FpeLayout) -> Sam {
+    let dev = common::device();
+    let state = StateDict::load(&fixture("model.safetensors"), &dev).unwrap();
+    let mut config = state.config.clone().unwrap();
+    config.sam_adapter = Some(layout);
+    Sam::from_state_dict(state, Some(&config), None, &dev).unwrap()
+}
+
+/// Prompt-free low-resolution logits `[B, 1, 4h, 4w]` and IoU predictions `[B, 1]`.
+fn prompt_free(sam: &Sam, image: &Tensor) -> (Tensor, Tensor) {
+    let embeddings = sam.encode(image, None).unwrap();
+    let (mut low, mut iou) = (Vec::new(), Vec::new());
+    for i in 0..embeddings.dim(0).unwrap() {
+        let e = embeddings.narrow(0, i, 1).unwrap();
+        let (l, s) = sam.decode(&e, &Prompts::default(), false).unwrap();
+        low.push(l);
+        iou.push(s);
+    }
+    (Tensor::cat(&low, 0).unwrap(), Tensor::cat(&iou, 0).unwrap())
+}
+
+#[test]
+fn the_high_frequency_component_is_the_specification_s() {
+    let c = cases();
+    assert_close(
+        "hfc",
+        &high_frequency(&c["image"]).unwrap(),
+        &c["hfc"],
+        1e-5,
+    );
+}
+
+#[test]
+fn a_released_checkpoint_loads_prompt_free_with_the_faithful_layout() {
+    let dev = Device::Cpu;
+    let state = StateDict::load(&fixture("model.safetensors"), &dev).unwrap();
+    assert_eq!(
+        state.resolve_config(None).unwrap().sam_adapter,
+        Some(FpeLayout::Faithful)
+    );
+    let sam = Sam::from_state_dict(state, None, None, &dev).unwrap();
+    assert!(!sam.prompt_encoder.takes_prompts());
+    // A box cannot be embedded by a model without a prompt encoder.
+    let boxes = Prompts {
+        boxes: Some(Tensor::new(&[[1f32, 1., 9., 9.]], &dev).unwrap()),
+        ..Default::default()
+    };
+    let e = sam.encode(
+        &cases()["image"]
+            .narrow(0, 0, 1)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap(),
+        None,
+    );
+    let err = sam
+        .decode(&e.unwrap(), &boxes, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prompt-free"), "{err}");
+}
+
+#[test]
+fn prompt_free_logits_match_for_both_layouts() {
+    let c = cases();
+    for (layout, name) in [
+        (FpeLayout::Faithful, "faithful"),
+        (FpeLayout::PerToken, "per_token"),
+    ] {
+        let (low, iou) = prompt_free(&model(layout), &c["image"]);
+        assert_close(
+            &format!("{name} low_res"),
+            &low,
+            &c[&format!("{name}.low_res")],
+            1e-4,
+        );
+        assert_close(
+            &format!("{name} iou"),
+            &iou,
+            &c[&format!("{name}.iou")],
+            1e-4,
+        );
+    }
+    // The layouts differ: a wrong one is caught.
+    let d = common::max_abs_diff(&c["faithful.low_res"], &c["per_token.low_res"]);
+    assert!(d > 0.1, "the two layouts give nearly the same logits ({d})");
+}
+
+#[test]
+fn gradients_of_the_bce_iou_loss_match_for_every_trained_tensor() {
+    let c = cases();
+    for (layout, name) in [
+        (FpeLayout::Faithful, "faithful"),
+        (FpeLayout::PerToken, "per_token"),
+    ] {
+        let sam = model(layout);
+        let trained = sam
+            .trainable(|n| {
+                n.starts_with("image_encoder.prompt_generator.")
+                    || n.starts_with("mask_decoder.")
+                    || n == "prompt_encoder.no_mask_embed.weight"
+            })
+            .unwrap();
+        let (low, _) = prompt_free(&trained.model, &c["image"]);
+        let size = sam.input_size;
+        let logits = resize_2d(&low, size, size, Interpolation::Bilinear).unwrap();
+        let loss = bce_iou(&logits, &c["target"]).unwrap();
+        assert_close(
+            &format!("{name} loss"),
+            &loss.reshape(1).unwrap(),
+            &c[&format!("{name}.loss")],
+            1e-5,
+        );
+        let grads = loss.backward().unwrap();
+        let mut checked = 0;
+        for (key, var) in &trained.vars {
+            let released = match key.as_str() {
+                "prompt_encoder.no_mask_embed.weight" => "no_mask_embed.weight",
+                k => k,
+            };
+            let want = &c[&format!("{name}.grad.{released}")];
+            let scale = common::max_abs(want);
+            let got = match grads.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var.as_tensor().zeros_like().unwrap(),
+            };
+            // A key bias's gradient is zero but for rounding (softmax ignores a shift): the
+            // floor of 1e-7 absorbs that float noise.
+            assert_close(
+                &format!("{name} grad {key}"),
+                &got,
+                want,
+                1e-3 * scale.max(1e-4),
+            );
+            checked += 1;
+        }
+        // 4 + 3 adapter layers' weights and biases, the decoder, no_mask_embed.
+        assert!(checked > 20, "only {checked} tensors checked");
+    }
+}
+
+/// A released-layout checkpoint loads, saves and loads again with the same keys and tensors
+/// (so the authors' code loads what wesam writes), and the saved file records the layout.
+#[test]
+fn a_released_layout_checkpoint_round_trips() {
+    let dev = Device::Cpu;
+    let path = fixture("model.safetensors");
+    let sam = Sam::load(&path, None, None, &dev).unwrap();
+    let dir = common::scratch();
+    let saved = dir.path().join("saved.safetensors");
+    sam.save(&saved, None).unwrap();
+    let (a, b) = (
+        candle_core::safetensors::load(&path, &dev).unwrap(),
+        candle_core::safetensors::load(&saved, &dev).unwrap(),
+    );
+    let keys = |m: &HashMap<String, Tensor>| {
+        let mut k: Vec<String> = m.keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&a), keys(&b));
+    for (k, t) in &a {
+        assert_eq!(common::max_abs_diff(t, &b[k]), 0.0, "{k}");
+    }
+    let back = StateDict::load(&saved, &dev).unwrap();
+    assert_eq!(back.config.unwrap().sam_adapter, Some(FpeLayout::Faithful));
+}
+
+/// `wesam predict --prompt none` segments with a released-layout checkpoint and writes its
+/// logits; a prompt beside it is refused, and a box alone is refused by a prompt-free model.
+#[test]
+fn predict_runs_prompt_free() {
+    let dir = common::scratch();
+    let image = dir.path().join("image.png");
+    image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 90]))
+        .save(&image)
+        .unwrap();
+    let logits = dir.path().join("logits.npy");
+    let model = fixture("model.safetensors");
+    let (model, image) = (model.to_str().unwrap(), image.to_str().unwrap());
+    let o = common::wesam(&[
+        "predict",
+        "--checkpoint",
+        model,
+        "--image",
+        image,
+        "--prompt",
+        "none",
+        "--logits",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let low = Tensor::read_npy(&logits).unwrap();
+    assert_eq!(low.dims(), &[32, 32]);
+    let o = common::wesam(&[
+        "predict",
+        "--checkpoint",
+        model,
+        "--image",
+        image,
+        "--prompt",
+        "none",
+        "--box",
+        "1,1,9,9",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let o = common::wesam(&[
+        "predict",
+        "--checkpoint",
+        model,
+        "--image",
+        image,
+        "--box",
+        "1,1,9,9",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("--prompt none"),
+        "{}",
+        common::stderr(&o)
+    );
+}
