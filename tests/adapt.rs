@@ -365,3 +365,53 @@ fn the_weak_label_selection_keeps_the_epoch_whose_masks_agree_best() {
         }
     }
 }
+
+/// `--peft sam-adapter` self-trains SAM-Adapter's adapter instead of LoRA: every adapter tensor
+/// moves from its initialisation, the merged weights carry it (and load back with it), and a
+/// run that crashed and resumed ends with the same weights, bit for bit.
+#[test]
+fn self_training_with_the_sam_adapter_adapter_trains_it_and_resumes_bit_for_bit() {
+    let root = common::scratch();
+    let data = root.path().join("data");
+    make_dataset(&data, 8);
+    let flags = ["--peft", "sam-adapter", "--select", "last", "--lr", "1e-3"];
+    let full = root.path().join("full");
+    let o = adapt(&data, &full, &flags);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!full.join("adapter.safetensors").exists(), "no LoRA file");
+    let merged = tensors(&full.join("merged.safetensors"));
+    let dev = Device::Cpu;
+    let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
+    let init = wesam::model::sam_adapter::initial_weights(&sam.config, 1337, &dev).unwrap();
+    for (name, t) in &init {
+        let m = merged
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not in merged"));
+        assert!(max_abs_diff(t, m) > 0.0, "{name} did not change");
+    }
+    // Everything else is the source model's.
+    for (k, v) in tensors(&fixture_dir().join("model.safetensors")) {
+        assert_eq!(max_abs_diff(&v, &merged[&k]), 0.0, "{k} changed");
+    }
+    let reloaded = Sam::load(&full.join("merged.safetensors"), None, None, &dev).unwrap();
+    assert_eq!(
+        reloaded.config.sam_adapter,
+        Some(wesam::model::sam_adapter::FpeLayout::PerToken)
+    );
+    assert!(reloaded.prompt_encoder.takes_prompts());
+
+    let crashed = root.path().join("crashed");
+    let mut crash_flags = flags.to_vec();
+    crash_flags.extend(["--crash-after-steps", "3"]);
+    assert!(!adapt(&data, &crashed, &crash_flags).status.success());
+    let o = common::wesam(&["adapt", "--resume", crashed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let resumed = tensors(&crashed.join("merged.safetensors"));
+    for (k, v) in &merged {
+        assert_eq!(
+            max_abs_diff(v, &resumed[k]),
+            0.0,
+            "{k} differs after resuming"
+        );
+    }
+}

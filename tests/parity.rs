@@ -291,10 +291,14 @@ fn norm(t: &Tensor) -> f32 {
 /// three masks; then points alone, one mask).
 #[test]
 fn every_model_parameter_gets_the_official_gradient() {
-    use wesam::adapt::config::Trainable;
+    use wesam::adapt::config::{ModelConfig, Trainable};
     let c = cases();
     let sam = tiny(None);
-    let trainable = sam.trainable(|k| Trainable::All.trains(k, &[])).unwrap();
+    let all = ModelConfig {
+        trainable: Trainable::All,
+        ..Default::default()
+    };
+    let trainable = sam.trainable(|k| all.trains(k)).unwrap();
     let model = &trainable.model;
     let embed = model.encode(&c["image"], None).unwrap();
     let full = Prompts {

@@ -69,14 +69,29 @@ pub enum Objective {
     Supervised,
 }
 
-/// Which weights a run trains; everything else stays frozen.
+/// The parameter-efficient adapter of the image encoder that `trainable = "lora"` trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 #[derive(strum::VariantArray, strum::EnumMessage)]
-pub enum Trainable {
-    /// LoRA adapters on the encoder's q and v projections (the reference).
+pub enum Peft {
+    /// LoRA on the encoder's q and v projections (the reference).
     #[default]
     Lora,
+    /// SAM-Adapter's explicit-visual-prompt adapter (`model::sam_adapter`), added to the model
+    /// with fresh weights if it has none; the anchor stays the adapter-free model.
+    SamAdapter,
+}
+
+/// Which weights a run trains; everything else stays frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
+pub enum Trainable {
+    /// The encoder's adapter that `peft` chooses: LoRA (the reference) or SAM-Adapter's.
+    #[default]
+    Lora,
+    /// SAM-Adapter's set (its paper): its adapter, the mask decoder and `no_mask_embed`.
+    SamAdapter,
     /// The whole mask decoder.
     Decoder,
     /// Every weight of the model (not the prompt encoder's fixed Fourier matrix, a buffer).
@@ -86,18 +101,8 @@ pub enum Trainable {
     Named,
 }
 
-impl Trainable {
-    /// Whether the model weight of this official name is trained (LoRA adapters are not model
-    /// weights and are handled apart); `names` are the patterns of `Trainable::Named`.
-    pub fn trains(self, name: &str, names: &[String]) -> bool {
-        match self {
-            Trainable::Lora => false,
-            Trainable::Decoder => name.starts_with("mask_decoder."),
-            Trainable::All => !name.ends_with("positional_encoding_gaussian_matrix"),
-            Trainable::Named => names.iter().any(|n| name.contains(n.as_str())),
-        }
-    }
-}
+/// Where SAM-Adapter's weights live in a model.
+const SAM_ADAPTER_PREFIX: &str = "image_encoder.prompt_generator.";
 
 /// Where the starting weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -128,6 +133,8 @@ pub struct ModelConfig {
     /// How a SAM-Adapter checkpoint's F_pe reads the patch embedding; `None`: the file's, else
     /// the released code's (`faithful`).
     pub fpe_layout: Option<FpeLayout>,
+    /// The encoder adapter that `trainable = "lora"` trains.
+    pub peft: Peft,
     pub trainable: Trainable,
     /// With `trainable = "named"`: a weight is trained when its official name contains one of
     /// these strings.
@@ -136,9 +143,26 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Whether the model weight of this official name is trained.
+    /// Whether the model weight of this official name is trained (LoRA adapters are not model
+    /// weights and are handled apart).
     pub fn trains(&self, name: &str) -> bool {
-        self.trainable.trains(name, &self.train_names)
+        let adapter = name.starts_with(SAM_ADAPTER_PREFIX);
+        match self.trainable {
+            Trainable::Lora => self.peft == Peft::SamAdapter && adapter,
+            Trainable::SamAdapter => {
+                adapter
+                    || name.starts_with("mask_decoder.")
+                    || name == "prompt_encoder.no_mask_embed.weight"
+            }
+            Trainable::Decoder => name.starts_with("mask_decoder."),
+            Trainable::All => !name.ends_with("positional_encoding_gaussian_matrix"),
+            Trainable::Named => self.train_names.iter().any(|n| name.contains(n.as_str())),
+        }
+    }
+
+    /// Whether the run's model carries SAM-Adapter's adapter.
+    pub fn uses_sam_adapter(&self) -> bool {
+        self.peft == Peft::SamAdapter || self.trainable == Trainable::SamAdapter
     }
 }
 
@@ -425,9 +449,12 @@ impl AdaptConfig {
     /// The effective settings that decide a run's outcome, on one line for its start.
     pub fn summary(&self) -> String {
         let (t, m) = (&self.train, &self.model);
-        let trained = match m.trainable {
-            Trainable::Lora => format!("LoRA rank {} (scale {})", m.lora.rank, m.lora.scale),
-            other => format!("{} weights", kebab(&other)),
+        let trained = match (m.trainable, m.peft) {
+            (Trainable::Lora, Peft::Lora) => {
+                format!("LoRA rank {} (scale {})", m.lora.rank, m.lora.scale)
+            }
+            (Trainable::Lora, Peft::SamAdapter) => "the SAM-Adapter adapter".to_string(),
+            (other, _) => format!("{} weights", kebab(&other)),
         };
         let mut s = format!(
             "{} ({} profile): {trained}, {} epochs, batch {}, {} lr {:e} (warm-up {} steps), \

@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use candle_core::Var;
 
-use super::config::{AdaptConfig, Trainable};
+use super::config::{AdaptConfig, Peft, Trainable};
 use super::ema::ema_copy;
 use super::step::StepModels;
 use crate::model::{Lora, Sam};
@@ -32,7 +32,7 @@ impl Trained {
                 cfg.model.train_names
             );
         }
-        let lora = (trainable == Trainable::Lora)
+        let lora = (trainable == Trainable::Lora && cfg.model.peft == Peft::Lora)
             .then(|| Lora::new(&sam.config, &cfg.model.lora, cfg.train.seed, &sam.device))
             .transpose()?;
         let ema = match (cfg.train.ema_momentum, &lora) {
@@ -40,10 +40,20 @@ impl Trained {
             (Some(_), Some(l)) => Some(ema_copy(l, sam)?),
             (Some(_), None) => bail!("an EMA teacher needs trainable = \"lora\""),
         };
-        let (model, eval_model, weights) = match trainable {
-            Trainable::Lora => (None, None, Vec::new()),
-            _ => {
-                let m = sam.trainable(|name| cfg.model.trains(name))?;
+        let (model, eval_model, weights) = match lora {
+            Some(_) => (None, None, Vec::new()),
+            None => {
+                // SAM-Adapter's adapter is added to a copy; `sam` stays the adapter-free anchor.
+                let with_adapter = if cfg.model.uses_sam_adapter() {
+                    let layout = cfg.model.fpe_layout.or(sam.config.sam_adapter);
+                    Some(sam.with_sam_adapter(layout.unwrap_or_default(), cfg.train.seed)?)
+                } else {
+                    None
+                };
+                let m = with_adapter
+                    .as_ref()
+                    .unwrap_or(sam)
+                    .trainable(|name| cfg.model.trains(name))?;
                 if m.vars.is_empty() {
                     bail!(
                         "no weight of the model is trained: no official name contains any of \

@@ -9,7 +9,7 @@ use super::args::DatasetArgs;
 use super::choice::{choice, default_name, name};
 use super::progress::Terminal;
 use wesam::adapt::config::{
-    AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Selection, Trainable,
+    AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Peft, Selection, Trainable,
 };
 use wesam::adapt::losses::AnchorWeighting;
 use wesam::adapt::run_dir::{RunDir, RunLock};
@@ -52,7 +52,12 @@ pub struct AdaptArgs {
     /// (the released code's) [default: the file's, else faithful].
     #[arg(long, value_parser = choice::<FpeLayout>())]
     fpe_layout: Option<FpeLayout>,
-    /// What is trained: LoRA adapters (default), the mask decoder, every weight, or the
+    /// The encoder adapter that `--trainable lora` (the default) trains: LoRA, or SAM-Adapter's
+    /// explicit-visual-prompt adapter (fresh, unless the checkpoint has one).
+    #[arg(long, value_parser = choice::<Peft>())]
+    peft: Option<Peft>,
+    /// What is trained: the encoder adapter of --peft (default), SAM-Adapter's set (its
+    /// adapter, the mask decoder and no_mask_embed), the mask decoder, every weight, or the
     /// weights named by --train-names.
     #[arg(long, value_parser = choice::<Trainable>())]
     trainable: Option<Trainable>,
@@ -130,7 +135,7 @@ pub struct AdaptArgs {
     /// flag that would change the run is accepted beside it.
     #[arg(long, conflicts_with_all = [
         "config", "dataset", "data_root", "prompt", "checkpoint", "model_type", "init",
-        "model_config", "fpe_layout", "trainable", "train_names", "image_size", "profile", "epochs",
+        "model_config", "fpe_layout", "peft", "trainable", "train_names", "image_size", "profile", "epochs",
         "batch_size", "lr", "optimizer", "weight_decay", "ema", "lora_rank", "lora_scale",
         "lora_blocks", "without", "anchor_weighting", "anchor_trust_exponent", "loss_resolution",
         "max_instances", "seed", "val_fraction", "select", "train_limit", "eval_limit",
@@ -208,7 +213,7 @@ fn resolve(
     }
     set!(
         data_root => data.data_root, checkpoint => model.checkpoint, model_type => model.model_type,
-        image_size => model.image_size, init => model.init, fpe_layout => model.fpe_layout, trainable => model.trainable, prompt => prompt, profile => profile, epochs => train.epochs,
+        image_size => model.image_size, init => model.init, fpe_layout => model.fpe_layout, peft => model.peft, trainable => model.trainable, prompt => prompt, profile => profile, epochs => train.epochs,
         batch_size => train.batch_size, lr => train.lr, optimizer => train.optimizer, weight_decay => train.weight_decay, ema => train.ema_momentum,
         lora_rank => model.lora.rank, lora_scale => model.lora.scale, lora_blocks => model.lora.blocks,
         loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,

@@ -45,7 +45,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Inspect datasets: `data check` indexes and loads one and reports what it holds.
     Data(data::DataArgs),
-    /// Segment one image with box, point or mask prompts.
+    /// Segment one image with box, point or mask prompts, or none (--prompt none).
     Predict(predict::PredictArgs),
     /// Fold a LoRA adapter into a checkpoint and write full weights.
     Merge(merge::MergeArgs),

@@ -150,6 +150,36 @@ impl Sam {
         Ok(sam)
     }
 
+    /// This model with SAM-Adapter's adapter reading F_pe in `layout`: its own if it has one,
+    /// else fresh weights drawn from `seed` ([`sam_adapter::initial_weights`]). This model
+    /// itself stays as it is (self-training's adapter-free anchor).
+    pub fn with_sam_adapter(
+        &self,
+        layout: sam_adapter::FpeLayout,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let mut weights = self.weights.clone();
+        if self.config.sam_adapter.is_none() {
+            weights.extend(sam_adapter::initial_weights(
+                &self.config,
+                seed,
+                &self.device,
+            )?);
+        }
+        let state = StateDict {
+            tensors: weights,
+            config: Some(SamConfig {
+                sam_adapter: Some(layout),
+                ..self.config.clone()
+            }),
+            path: "<in memory>".into(),
+        };
+        let mut sam = Self::from_state_dict(state, None, Some(self.input_size), &self.device)?;
+        sam.image_encoder
+            .set_precision(self.image_encoder.precision());
+        Ok(sam)
+    }
+
     /// Makes the weights that `train` selects (by official name) trainable: a model that
     /// computes with new `Var`s initialised from this model's values, a view of it on detached
     /// tensors sharing the variables' storage (evaluation builds no graph, yet sees every

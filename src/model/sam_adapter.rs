@@ -95,6 +95,49 @@ impl SamAdapter {
     }
 }
 
+/// Fresh adapter weights for an encoder of `cfg`, under their checkpoint names, as the released
+/// code initialises them: linear weights normal with std 0.02, convolution weights normal with
+/// std `√(2 / fan_out)`, biases zero; drawn from `seed`.
+pub fn initial_weights(
+    cfg: &SamConfig,
+    seed: u64,
+    dev: &candle_core::Device,
+) -> Result<Vec<(String, Tensor)>> {
+    use rand::{rngs::StdRng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let (dim, p) = (cfg.encoder_embed_dim, cfg.vit_patch_size);
+    let c = width(dim);
+    let mut shapes = vec![
+        ("embedding_generator".to_string(), vec![c, dim], 0.02),
+        (
+            "prompt_generator.proj".to_string(),
+            vec![c, 3, p, p],
+            (2.0 / (p * p * c) as f64).sqrt(),
+        ),
+    ];
+    for i in 0..cfg.encoder_depth {
+        shapes.push((format!("lightweight_mlp_{i}.0"), vec![c, c], 0.02));
+    }
+    shapes.push(("shared_mlp".to_string(), vec![dim, c], 0.02));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut weights = Vec::new();
+    for (name, shape, std) in shapes {
+        let normal = Normal::new(0.0, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng) as f32).collect();
+        let prefix = format!("image_encoder.prompt_generator.{name}");
+        weights.push((
+            format!("{prefix}.weight"),
+            Tensor::from_vec(values, shape.as_slice(), dev)?,
+        ));
+        weights.push((
+            format!("{prefix}.bias"),
+            Tensor::zeros(shape[0], DType::F32, dev)?,
+        ));
+    }
+    Ok(weights)
+}
+
 /// F_hfc: the image without its low frequencies, `|Re(IFFT(FFT(x) · (1 − M)))|` per channel,
 /// where `M` is the centred square of the shifted spectrum of half-side
 /// `⌊√(H·W·0.25) / 2⌋` (256 for 1024²): in unshifted indices, the frequencies `k ∈ [−l, l)` on
