@@ -443,7 +443,7 @@ fn schedule_matches_the_reference_lambda() {
     for (s, w) in steps.iter().zip(want) {
         assert_eq!(schedule.factor(*s as usize), w, "step {s}");
     }
-    assert_eq!(schedule.lr(1e-4, 0), 0.0);
+    assert_eq!(schedule.lr(1e-4, 0, (0, 5)), 0.0);
 }
 
 /// The fixture's short schedule: warm-up 3, decays at 5 and 7, base lr 0.05, weight decay 0.1.
@@ -452,6 +452,7 @@ fn short_schedule() -> LrSchedule {
         warmup_steps: Some(3),
         decay_steps: vec![5, 7],
         decay_factor: 10.0,
+        ..Default::default()
     }
 }
 
@@ -462,7 +463,7 @@ const OPT_STEPS: usize = 9;
 /// Step `k` of the fixture's problem: `<c_k, a> + |a|²/2`, plus `<d_k, b> + |b|²/2` on even `k`
 /// (so `b` has no gradient on odd steps), at the schedule's learning rate.
 fn opt_step(opt: &mut Adam, fx: &HashMap<String, Tensor>, a: &Var, b: &Var, k: usize) {
-    opt.set_learning_rate(short_schedule().lr(OPT_LR, k));
+    opt.set_learning_rate(short_schedule().lr(OPT_LR, k, (0, 1)));
     let quad = |v: &Var, c: &str| {
         let c = fx[c].get(k).unwrap();
         let v = v.as_tensor();
@@ -500,7 +501,11 @@ fn adam_and_adamw_match_torch_after_every_step() {
         let mut opt = new_opt(&a, &b, config);
         let (mut worst_a, mut worst_b) = (0f32, 0f32);
         for (k, lr) in lrs.iter().enumerate() {
-            assert_eq!(short_schedule().lr(OPT_LR, k), *lr, "{kind} lr at step {k}");
+            assert_eq!(
+                short_schedule().lr(OPT_LR, k, (0, 1)),
+                *lr,
+                "{kind} lr at step {k}"
+            );
             opt_step(&mut opt, &fx, &a, &b, k);
             let da = max_abs_diff(a.as_tensor(), &fx[&format!("{kind}.a")].get(k).unwrap());
             let db = max_abs_diff(b.as_tensor(), &fx[&format!("{kind}.b")].get(k).unwrap());

@@ -251,3 +251,110 @@ fn predict_runs_prompt_free() {
         common::stderr(&o)
     );
 }
+
+/// Prompt-free evaluation scores one mask per image against the union of its instances;
+/// prompt-free training of SAM-Adapter's set writes its weights under the released names; a
+/// prompt-free run cannot select by weak labels it does not have.
+#[test]
+fn eval_and_train_run_prompt_free() {
+    let root = common::scratch();
+    let data = root.path().join("data");
+    common::make_dataset(&data, 6);
+    let model = fixture("model.safetensors");
+    let (model, data) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let o = common::wesam(&[
+        "eval",
+        "--checkpoint",
+        model,
+        "--dataset",
+        data,
+        "--split",
+        "all",
+        "--prompt",
+        "none",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["images"], 6, "{report}");
+    assert_eq!(
+        report["instances"], 6,
+        "one merged object per image: {report}"
+    );
+    let o = common::wesam(&[
+        "eval",
+        "--checkpoint",
+        model,
+        "--dataset",
+        data,
+        "--split",
+        "all",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("prompt-free"),
+        "{}",
+        common::stderr(&o)
+    );
+
+    let out = root.path().join("run");
+    let o = common::wesam(&[
+        "train",
+        "--checkpoint",
+        model,
+        "--dataset",
+        data,
+        "--prompt",
+        "none",
+        "--trainable",
+        "sam-adapter",
+        "--epochs",
+        "1",
+        "--eval-split",
+        "train",
+        "--lr",
+        "1e-3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("selection = \"last\""), "{config}");
+    let merged =
+        candle_core::safetensors::load(out.join("merged.safetensors"), &Device::Cpu).unwrap();
+    let released =
+        candle_core::safetensors::load(fixture("model.safetensors"), &Device::Cpu).unwrap();
+    let mut a: Vec<&String> = merged.keys().collect();
+    let mut b: Vec<&String> = released.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the released key names");
+    let moved = |k: &str| common::max_abs_diff(&merged[k], &released[k]) > 0.0;
+    assert!(
+        moved("no_mask_embed.weight") && moved("image_encoder.prompt_generator.shared_mlp.weight")
+    );
+    assert!(
+        !moved("image_encoder.patch_embed.proj.weight"),
+        "the encoder is frozen"
+    );
+
+    let o = common::wesam(&[
+        "adapt",
+        "--checkpoint",
+        model,
+        "--dataset",
+        data,
+        "--prompt",
+        "none",
+        "--select",
+        "weak-label",
+        "--out",
+        root.path().join("refused").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("--prompt none"),
+        "{}",
+        common::stderr(&o)
+    );
+}

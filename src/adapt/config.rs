@@ -385,6 +385,12 @@ impl AdaptConfig {
                 "in [0, 1)",
             ),
             (
+                t.selection != Selection::WeakLabel || self.prompt != PromptKind::None,
+                "train.selection",
+                "--select",
+                "another rule than weak-label with --prompt none (there are no weak labels)",
+            ),
+            (
                 t.selection != Selection::ValMiou || d.options.val_fraction > 0.0,
                 "data.options.val_fraction",
                 "--val-fraction",
@@ -443,6 +449,16 @@ impl AdaptConfig {
             c.train
                 .selection
                 .resolve(c.profile, c.objective, c.data.options.val_fraction);
+        if c.prompt == PromptKind::None {
+            // Without weak labels there is nothing to weigh or select by.
+            if self.losses.anchor_weighting.is_none() {
+                c.losses.anchor_weighting = Some(AnchorWeighting::Uniform);
+            }
+            if self.train.selection == Selection::Auto && c.train.selection == Selection::WeakLabel
+            {
+                c.train.selection = Selection::Last;
+            }
+        }
         c
     }
 

@@ -18,7 +18,7 @@ use super::losses::{
     StudentOutputs, WeakOutputs,
 };
 use crate::data::augment::{self, Flip};
-use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts};
+use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts, PromptKind};
 use crate::data::{Instance, Sample};
 use crate::eval::agreement::anchor_trust;
 use crate::model::predictor::{Masks, PreparedImage};
@@ -114,6 +114,9 @@ pub fn batch_gradients(
 ) -> Result<Option<(GradStore, LossTerms<f64>)>> {
     for sample in samples.iter_mut() {
         cap_instances(sample, cfg.train.max_instances, rng);
+        if cfg.prompt == PromptKind::None {
+            sample.merge_instances();
+        }
     }
     let n_total: usize = samples.iter().map(|x| x.instances.len()).sum();
     if n_total == 0 {

@@ -384,7 +384,10 @@ impl<'a> Trainer<'a> {
             }
         }
         let s = &mut self.state;
-        let lr = cfg.train.schedule.lr(cfg.train.lr, s.global_step);
+        let lr = cfg
+            .train
+            .schedule
+            .lr(cfg.train.lr, s.global_step, (s.epoch, cfg.train.epochs));
         let mut rng = step_rng(cfg.train.seed, s.global_step);
         // The EMA teacher is not trained: it runs on detached views of its weights.
         let ema_view = self.trained.ema.as_ref().map(Lora::frozen);

@@ -40,6 +40,30 @@ pub struct Sample {
     pub instances: Vec<Instance>,
 }
 
+impl Sample {
+    /// Merges the instances into one, their union, with the box around all of them: what a
+    /// prompt-free model segments (everything of interest at once, as SAM-Adapter does).
+    pub fn merge_instances(&mut self) {
+        let Some(first) = self.instances.first() else {
+            return;
+        };
+        let mut mask = first.mask.clone();
+        let mut bbox = first.bbox;
+        for inst in &self.instances[1..] {
+            for (m, p) in mask.pixels_mut().zip(inst.mask.pixels()) {
+                m.0[0] = m.0[0].max(p.0[0]);
+            }
+            bbox = [
+                bbox[0].min(inst.bbox[0]),
+                bbox[1].min(inst.bbox[1]),
+                bbox[2].max(inst.bbox[2]),
+                bbox[3].max(inst.bbox[3]),
+            ];
+        }
+        self.instances = vec![Instance { mask, bbox }];
+    }
+}
+
 /// Where one sample's data lives; what the fields mean is up to the dataset that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -36,6 +36,9 @@ pub enum PromptKind {
     /// A box or points, drawn per image with even odds: for training a model that serves both
     /// (as SAM itself is trained with mixed prompts).
     Mixed,
+    /// No prompt: the decoder's learned dense embedding alone gives one mask per image, scored
+    /// and trained against the union of the image's instances (SAM-Adapter's use).
+    None,
 }
 
 /// How prompts are drawn; defaults are the reference's (5 + 5 points, eps 5% of the perimeter
@@ -211,6 +214,7 @@ pub fn make_prompts(
             };
             make_prompts(instances, frame, kind, cfg, rng)
         }
+        PromptKind::None => FramePrompts::default(),
         PromptKind::Box => FramePrompts {
             boxes: Some(instances.iter().map(|i| frame.map_box(i.bbox)).collect()),
             ..Default::default()

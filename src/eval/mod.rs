@@ -261,7 +261,12 @@ pub fn evaluate(
                 progress.advance("");
                 continue;
             }
-            Ok(s) => s,
+            Ok(mut s) => {
+                if cfg.prompt == PromptKind::None {
+                    s.merge_instances();
+                }
+                s
+            }
             Err(e) => {
                 report.skipped.push(FileIssue {
                     file: record.image.display().to_string(),
