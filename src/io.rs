@@ -45,10 +45,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xff, 0xd9]))
 }
 
-/// An image file as an image viewer shows it: decoded, its EXIF orientation applied, and the
-/// orientation that was applied. A truncated JPEG is an error. `what` names the file's role in
-/// messages ("image", "mask").
-pub fn read_oriented(path: &Path, what: &str) -> anyhow::Result<(DynamicImage, Orientation)> {
+/// An image file as an image viewer shows it: decoded, its EXIF orientation applied. A
+/// truncated JPEG is an error. `what` names the file's role in messages ("image", "mask").
+pub fn read_oriented(path: &Path, what: &str) -> anyhow::Result<DynamicImage> {
     let context = || format!("cannot read {what} {}", path.display());
     let bytes = std::fs::read(path).with_context(context)?;
     let reader = ImageReader::new(std::io::Cursor::new(&bytes))
@@ -64,7 +63,7 @@ pub fn read_oriented(path: &Path, what: &str) -> anyhow::Result<(DynamicImage, O
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).with_context(context)?;
     img.apply_orientation(orientation);
-    Ok((img, orientation))
+    Ok(img)
 }
 
 /// The EXIF orientation that reading `path` applies, when it is not the identity (read from
@@ -84,12 +83,12 @@ pub fn exif_orientation(path: &Path) -> Option<Orientation> {
 
 /// Reads an image as RGB ([`read_oriented`]).
 pub fn read_rgb(path: &Path) -> anyhow::Result<RgbImage> {
-    Ok(read_oriented(path, "image")?.0.to_rgb8())
+    Ok(read_oriented(path, "image")?.to_rgb8())
 }
 
 /// Reads a mask as one 8-bit channel (colour masks are converted to luma; [`read_oriented`]).
 pub fn read_gray(path: &Path) -> anyhow::Result<GrayImage> {
-    Ok(read_oriented(path, "mask")?.0.to_luma8())
+    Ok(read_oriented(path, "mask")?.to_luma8())
 }
 
 /// Writes an image in the format its extension names.

@@ -199,17 +199,13 @@ fn resume_refuses_flags_that_would_change_the_run() {
     }
 }
 
-/// A learning rate that drives the weights away by orders of magnitude (the loss can stay
-/// finite) stops the run, which keeps the weights kept so far (here the starting ones) and
-/// fails saying so; the run's effective settings are printed and written.
-#[test]
-fn a_run_that_diverges_stops_and_keeps_the_weights_kept_so_far() {
-    let root = common::scratch();
-    let data = root.path().join("data");
+/// `wesam adapt` of the tiny fixture model on a new four-image dataset in `dir`, scored on its
+/// adaptation split, into `out`, with `extra` flags.
+fn adapt_tiny(dir: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let data = dir.join("data");
     make_dataset(&data, 4);
     let model = fixture_dir().join("model.safetensors");
-    let out = root.path().join("run");
-    let o = wesam(&[
+    let mut args = vec![
         "adapt",
         "--checkpoint",
         model.to_str().unwrap(),
@@ -217,13 +213,22 @@ fn a_run_that_diverges_stops_and_keeps_the_weights_kept_so_far() {
         data.to_str().unwrap(),
         "--eval-split",
         "train",
-        "--epochs",
-        "2",
-        "--lr",
-        "1e9",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    wesam(&args)
+}
+
+/// A learning rate that drives the weights away by orders of magnitude (the loss can stay
+/// finite) stops the run, which keeps the weights kept so far (here the starting ones) and
+/// fails saying so; the run's effective settings are printed and written.
+#[test]
+fn a_run_that_diverges_stops_and_keeps_the_weights_kept_so_far() {
+    let root = common::scratch();
+    let out = root.path().join("run");
+    let o = adapt_tiny(root.path(), &out, &["--epochs", "2", "--lr", "1e9"]);
+    let model = fixture_dir().join("model.safetensors");
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("training diverged at step"), "{err}");
@@ -368,25 +373,12 @@ fn prompts_are_kept_on_the_image_and_non_finite_ones_refused() {
 fn a_corrupt_checkpoint_is_named_as_such_on_resume() {
     use wesam::model::checkpoint::{read_safetensors, write_safetensors};
     let root = common::scratch();
-    let data = root.path().join("data");
-    make_dataset(&data, 4);
-    let model = fixture_dir().join("model.safetensors");
     let out = root.path().join("run");
-    let o = wesam(&[
-        "adapt",
-        "--checkpoint",
-        model.to_str().unwrap(),
-        "--dataset",
-        data.to_str().unwrap(),
-        "--eval-split",
-        "train",
-        "--checkpoint-every",
-        "1",
-        "--crash-after-steps",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = adapt_tiny(
+        root.path(),
+        &out,
+        &["--checkpoint-every", "1", "--crash-after-steps", "2"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let path = out.join("checkpoint.safetensors");
     let dev = candle_core::Device::Cpu;

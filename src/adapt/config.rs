@@ -101,9 +101,6 @@ pub enum Trainable {
     Named,
 }
 
-/// Where SAM-Adapter's weights live in a model.
-const SAM_ADAPTER_PREFIX: &str = "image_encoder.prompt_generator.";
-
 /// Where the starting weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -146,7 +143,7 @@ impl ModelConfig {
     /// Whether the model weight of this official name is trained (LoRA adapters are not model
     /// weights and are handled apart).
     pub fn trains(&self, name: &str) -> bool {
-        let adapter = name.starts_with(SAM_ADAPTER_PREFIX);
+        let adapter = name.starts_with(crate::model::sam_adapter::WEIGHTS_PREFIX);
         match self.trainable {
             Trainable::Lora => self.peft == Peft::SamAdapter && adapter,
             Trainable::SamAdapter => {

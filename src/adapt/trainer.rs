@@ -70,8 +70,8 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// The run stopped because training diverged ([`super::divergence::DivergenceGuard`]); the weights kept so far
-/// were written.
+/// The run stopped because training diverged ([`super::divergence::DivergenceGuard`]); the
+/// weights kept so far were written.
 #[derive(Debug)]
 pub struct Diverged {
     /// The optimiser step (0-based, over the run) after which the divergence was seen.
@@ -146,7 +146,6 @@ impl<'a> Trainer<'a> {
         run: &'a RunDir,
         observer: &'a dyn Observer,
     ) -> Result<Self> {
-        cfg.validate()?;
         let mut train = dataset.records(cfg.data.train_split);
         if let Some(n) = cfg.data.train_limit {
             train.truncate(n);

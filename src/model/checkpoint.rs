@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{ModelType, SamConfig};
 use super::hf;
-use super::sam_adapter::FpeLayout;
+use super::sam_adapter::{self, FpeLayout};
 
 /// Metadata key holding the JSON [`SamConfig`] of a saved model.
 pub const CONFIG_METADATA_KEY: &str = "wesam.config";
@@ -131,9 +131,6 @@ fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     Ok(values.iter().all(|v| v.is_finite()))
 }
 
-/// Where SAM-Adapter's prompt generator lives in a state dict.
-const ADAPTER_PREFIX: &str = "image_encoder.prompt_generator.";
-
 /// The two prompt-free tensors of a released SAM-Adapter checkpoint, stored at the top level,
 /// and their names in SAM's prompt encoder, where wesam keeps them.
 const RELEASED_PROMPT_FREE_NAMES: [(&str, &str); 2] = [
@@ -232,7 +229,10 @@ impl StateDict {
     pub fn resolve_config(&self, given: Option<&SamConfig>) -> anyhow::Result<SamConfig> {
         let mut config = self.stated_or_official_config(given)?;
         if config.sam_adapter.is_none()
-            && self.tensors.keys().any(|k| k.starts_with(ADAPTER_PREFIX))
+            && self
+                .tensors
+                .keys()
+                .any(|k| k.starts_with(sam_adapter::WEIGHTS_PREFIX))
         {
             // Released SAM-Adapter checkpoints were trained with the scrambled F_pe.
             config.sam_adapter = Some(FpeLayout::Faithful);

@@ -17,6 +17,9 @@ use super::config::SamConfig;
 use super::layers::{Conv2d, Linear};
 use crate::ops::gelu::gelu;
 
+/// Where the adapter's weights live in a state dict (the released checkpoints' names).
+pub const WEIGHTS_PREFIX: &str = "image_encoder.prompt_generator.";
+
 /// The adapter's width is the encoder's divided by this (`scale_factor`).
 const SCALE_FACTOR: usize = 32;
 /// The fraction of the spectrum's area removed as low frequencies (`freq_nums`).
@@ -125,7 +128,7 @@ pub fn initial_weights(
         let normal = Normal::new(0.0, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng) as f32).collect();
-        let prefix = format!("image_encoder.prompt_generator.{name}");
+        let prefix = format!("{WEIGHTS_PREFIX}{name}");
         weights.push((
             format!("{prefix}.weight"),
             Tensor::from_vec(values, shape.as_slice(), dev)?,

@@ -64,7 +64,7 @@ pub fn read_labels(path: &Path, threshold: u8) -> anyhow::Result<GrayImage> {
     if !matches!(color, ColorType::L16 | ColorType::La16) {
         return io::read_gray(path);
     }
-    let labels = io::read_oriented(path, "mask")?.0.to_luma16();
+    let labels = io::read_oriented(path, "mask")?.to_luma16();
     compact_labels(&labels).with_context(|| format!("mask {}", path.display()))
 }
 
