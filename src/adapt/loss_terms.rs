@@ -1,5 +1,5 @@
-//! The five WeSAM loss terms and their weighted total, as one type for every stage that handles
-//! them: the differentiable losses (`LossTerms<Tensor>`), a step's and an epoch's logged values
+//! The five WeSAM loss terms, SAM-Adapter's two, and their weighted total, as one type for every
+//! stage that handles them: the differentiable losses (`LossTerms<Tensor>`), a step's and an epoch's logged values
 //! (`LossTerms<f64>`), the checkpoint's progress and `metrics.csv`.
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,12 @@ pub struct LossTerms<T> {
     pub anchor: T,
     /// Teacher-anchor contrastive regularisation.
     pub contrastive: T,
+    /// SAM-Adapter's binary cross-entropy against the target (`losses.supervised = "bce-iou"`).
+    #[serde(default)]
+    pub bce: T,
+    /// SAM-Adapter's soft IoU loss against the target.
+    #[serde(default, rename = "soft_iou_loss")]
+    pub soft_iou: T,
 }
 
 impl<T> LossTerms<T> {
@@ -37,6 +43,8 @@ impl<T> LossTerms<T> {
             iou: f(&self.iou)?,
             anchor: f(&self.anchor)?,
             contrastive: f(&self.contrastive)?,
+            bce: f(&self.bce)?,
+            soft_iou: f(&self.soft_iou)?,
         })
     }
 
@@ -56,6 +64,8 @@ impl LossTerms<f64> {
         self.iou += other.iou;
         self.anchor += other.anchor;
         self.contrastive += other.contrastive;
+        self.bce += other.bce;
+        self.soft_iou += other.soft_iou;
     }
 
     /// Every term divided by `n` (the mean of `n` summed values).
@@ -67,6 +77,13 @@ impl LossTerms<f64> {
 
 impl std::fmt::Display for LossTerms<f64> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.bce != 0.0 || self.soft_iou != 0.0 {
+            return write!(
+                f,
+                "loss {:.4} (bce {:.4}, soft iou {:.4})",
+                self.total, self.bce, self.soft_iou
+            );
+        }
         write!(
             f,
             "loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}, anchor {:.4}, contrastive {:.4})",
@@ -88,6 +105,8 @@ mod tests {
             iou: 4.0,
             anchor: 5.0,
             contrastive: 6.0,
+            bce: 7.0,
+            soft_iou: 8.0,
         };
         let mut sum = LossTerms::default();
         sum.add(&one);

@@ -68,12 +68,22 @@ pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// `1 − Σσ(x)t / (Σσ(x) + Σt − Σσ(x)t)`, summed over each image's pixels, without epsilon.
 /// `logits` and `target` are `[B, ...]`, one image per row.
 pub fn bce_iou(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let bce = (softplus(logits)? - (logits * target)?)?.mean_all()?;
+    bce_with_logits(logits, target)? + soft_iou_loss(logits, target)?
+}
+
+/// Binary cross-entropy with logits, the mean over every element (PyTorch's
+/// `BCEWithLogitsLoss`): `softplus(x) − x t`.
+pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    (softplus(logits)? - (logits * target)?)?.mean_all()
+}
+
+/// The mean over rows (one mask each) of `1 − Σσ(x)t / (Σσ(x) + Σt − Σσ(x)t)`, without epsilon.
+pub fn soft_iou_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?.flatten_from(1)?;
     let t = target.flatten_from(1)?;
     let inter = (&p * &t)?.sum(1)?;
     let union = ((p.sum(1)? + t.sum(1)?)? - &inter)?;
-    bce + (1.0 - (inter / union)?)?.mean_all()?
+    (1.0 - (inter / union)?)?.mean_all()
 }
 
 /// `ln σ(z)` as `-softplus(-z)`, floored at PyTorch's -100, and exactly -100 where `saturated`
@@ -299,6 +309,18 @@ pub enum AnchorWeighting {
     WeakLabel,
 }
 
+/// What supervised training (`wesam train`) minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[derive(strum::VariantArray, strum::EnumMessage)]
+pub enum SupervisedLoss {
+    /// wesam's focal + dice + IoU-MSE terms, as self-training's student loss.
+    #[default]
+    FocalDiceIou,
+    /// SAM-Adapter's binary cross-entropy + soft IoU, 1:1 (`bce_iou`).
+    BceIou,
+}
+
 /// The adaptation objective's settings (§2, §5.1): weights and switches of the five terms and the
 /// loss constants. The two profile-dependent constants are `None` by default and then follow the
 /// profile (§0): alpha 0.8 and smoothing 1 under `sam`, both the batch's instance count N under
@@ -316,6 +338,8 @@ pub struct LossConfig {
     pub anchor: Term,
     /// Teacher-anchor contrastive regularisation.
     pub contrastive: Term,
+    /// What supervised training minimises.
+    pub supervised: SupervisedLoss,
     /// How the anchor term weighs each instance; `None`: the profile's
     /// ([`LossConfig::anchor_weighting`]).
     pub anchor_weighting: Option<AnchorWeighting>,
@@ -357,6 +381,7 @@ impl Default for LossConfig {
             iou: Term::on(1.0),
             anchor: Term::on(1.0),
             contrastive: Term::on(1.0),
+            supervised: SupervisedLoss::FocalDiceIou,
             anchor_weighting: None,
             anchor_trust_exponent: 1.0,
             gamma: 2.0,
@@ -477,6 +502,7 @@ fn weighted(
     let total = weighted
         .iter()
         .try_fold(focal.zeros_like()?, |acc, (t, v)| acc + (*v * t.weight)?)?;
+    let zero = focal.zeros_like()?;
     Ok(LossTerms {
         total,
         focal,
@@ -484,6 +510,8 @@ fn weighted(
         iou,
         anchor,
         contrastive,
+        bce: zero.clone(),
+        soft_iou: zero,
     })
 }
 
@@ -532,8 +560,10 @@ pub fn wesam_image_loss(
     weighted(config, [focal, dice, iou, anchor_term, contrastive_term])
 }
 
-/// One image's supervised objective (`wesam train`): the same focal, dice and IoU-MSE terms with
-/// the ground-truth masks `[n, H, W]` (0/1) as target; anchor and contrastive are 0.
+/// One image's supervised objective (`wesam train`) with the ground-truth masks `[n, H, W]` (0/1)
+/// as target: the same focal, dice and IoU-MSE terms as self-training (anchor and contrastive
+/// 0), or SAM-Adapter's BCE + soft IoU, each the mean over the image's masks weighted by its
+/// share `n / n_total` of the batch (so that the batch's sum is SAM-Adapter's batch mean).
 pub fn supervised_image_loss(
     config: &LossConfig,
     profile: Profile,
@@ -542,6 +572,22 @@ pub fn supervised_image_loss(
     n_total: usize,
 ) -> Result<ImageLoss> {
     check_counts(student, n_total)?;
+    if config.supervised == SupervisedLoss::BceIou {
+        let share = student.masks.dim(0)? as f64 / n_total as f64;
+        let bce = (bce_with_logits(student.masks, ground_truth)? * share)?;
+        let soft_iou = (soft_iou_loss(student.masks, ground_truth)? * share)?;
+        let zero = bce.zeros_like()?;
+        return Ok(LossTerms {
+            total: (&bce + &soft_iou)?,
+            focal: zero.clone(),
+            dice: zero.clone(),
+            iou: zero.clone(),
+            anchor: zero.clone(),
+            contrastive: zero,
+            bce,
+            soft_iou,
+        });
+    }
     let [focal, dice, iou] = target_terms(config, profile, student, ground_truth, n_total)?;
     let zero = focal.zeros_like()?;
     weighted(config, [focal, dice, iou, zero.clone(), zero])

@@ -11,7 +11,7 @@ use super::progress::Terminal;
 use wesam::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Peft, Selection, Trainable,
 };
-use wesam::adapt::losses::AnchorWeighting;
+use wesam::adapt::losses::{AnchorWeighting, SupervisedLoss};
 use wesam::adapt::run_dir::{RunDir, RunLock};
 use wesam::adapt::trainer::{RunControl, Trainer};
 use wesam::data::corrupt::Corruption;
@@ -106,6 +106,9 @@ pub struct AdaptArgs {
     anchor_trust_exponent: Option<f64>,
     #[arg(long, value_parser = choice::<LossResolution>())]
     loss_resolution: Option<LossResolution>,
+    /// What `wesam train` minimises: wesam's focal + dice + IoU-MSE, or SAM-Adapter's BCE + IoU.
+    #[arg(long, value_parser = choice::<SupervisedLoss>())]
+    loss: Option<SupervisedLoss>,
     #[arg(long)]
     max_instances: Option<usize>,
     #[arg(long)]
@@ -137,7 +140,7 @@ pub struct AdaptArgs {
         "config", "dataset", "data_root", "prompt", "checkpoint", "model_type", "init",
         "model_config", "fpe_layout", "peft", "trainable", "train_names", "image_size", "profile", "epochs",
         "batch_size", "lr", "optimizer", "weight_decay", "ema", "lora_rank", "lora_scale",
-        "lora_blocks", "without", "anchor_weighting", "anchor_trust_exponent", "loss_resolution",
+        "lora_blocks", "without", "anchor_weighting", "anchor_trust_exponent", "loss_resolution", "loss",
         "max_instances", "seed", "val_fraction", "select", "train_limit", "eval_limit",
         "eval_split", "checkpoint_every", "out", "precision", "corruption", "severity",
     ])]
@@ -216,7 +219,7 @@ fn resolve(
         image_size => model.image_size, init => model.init, fpe_layout => model.fpe_layout, peft => model.peft, trainable => model.trainable, prompt => prompt, profile => profile, epochs => train.epochs,
         batch_size => train.batch_size, lr => train.lr, optimizer => train.optimizer, weight_decay => train.weight_decay, ema => train.ema_momentum,
         lora_rank => model.lora.rank, lora_scale => model.lora.scale, lora_blocks => model.lora.blocks,
-        loss_resolution => train.loss_resolution, max_instances => train.max_instances, seed => train.seed,
+        loss_resolution => train.loss_resolution, loss => losses.supervised, max_instances => train.max_instances, seed => train.seed,
         val_fraction => data.options.val_fraction, train_limit => data.train_limit,
         eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity, anchor_weighting => losses.anchor_weighting,
