@@ -77,6 +77,29 @@ fn official_types_are_detected_from_shapes() {
     };
     assert_eq!(infer_config(&state.tensors).unwrap().model_type(), Some(t));
     assert_eq!(state.resolve_config(None).unwrap(), SamConfig::official(t));
+    // A released SAM-Adapter checkpoint of that size: no prompt layers but `no_mask_embed` and
+    // `pe_layer`, and the adapter's keys. It is the official ViT-B with the adapter, read with
+    // the released code's F_pe layout.
+    let mut tensors = state.tensors;
+    tensors.retain(|k, _| {
+        !k.starts_with("prompt_encoder.")
+            || k.ends_with("no_mask_embed.weight")
+            || k.ends_with("positional_encoding_gaussian_matrix")
+    });
+    let official = SamConfig::official(t);
+    tensors.extend(wesam::model::sam_adapter::initial_weights(&official, 0, &Device::Cpu).unwrap());
+    let released = StateDict {
+        tensors,
+        config: None,
+        path: "sam_adapter_vit_b.pth".into(),
+    };
+    assert_eq!(
+        released.resolve_config(None).unwrap(),
+        SamConfig {
+            sam_adapter: Some(wesam::model::sam_adapter::FpeLayout::Faithful),
+            ..official
+        }
+    );
 }
 
 fn write_tmp(

@@ -338,7 +338,10 @@ pub fn infer_config(t: &HashMap<String, Tensor>) -> anyhow::Result<SamConfig> {
     cfg.vit_patch_size = patch_size;
     cfg.window_size = if window == 0 { cfg.window_size } else { window };
     cfg.mlp_ratio = mlp as f64 / dim as f64;
-    cfg.mask_in_chans = dims_of(t, "prompt_encoder.mask_downscaling.3.weight")?[0];
+    // A released SAM-Adapter checkpoint has no mask downscaling: the official width stands.
+    if let Ok(d) = dims_of(t, "prompt_encoder.mask_downscaling.3.weight") {
+        cfg.mask_in_chans = d[0];
+    }
     cfg.decoder_depth = count_indexed(t, "mask_decoder.transformer.layers");
     cfg.decoder_mlp_dim = dims_of(t, "mask_decoder.transformer.layers.0.mlp.lin1.weight")?[0];
     cfg.iou_head_depth = iou_depth;
