@@ -245,16 +245,7 @@ fn a_run_that_diverges_stops_and_keeps_the_weights_kept_so_far() {
     assert!(config.contains("selection = \"weak-label\""), "{config}");
     // Two epochs of four steps: a tenth is no step of warm-up.
     assert!(config.contains("warmup_steps = 0"), "{config}");
-
-    let dev = candle_core::Device::Cpu;
-    let start = candle_core::safetensors::load(&model, &dev).unwrap();
-    let kept = candle_core::safetensors::load(out.join("merged.safetensors"), &dev).unwrap();
-    for (name, t) in &start {
-        let k = kept
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} in merged"));
-        assert_eq!(common::max_abs_diff(t, k), 0.0, "{name}");
-    }
+    common::assert_same_weights(&model, &out.join("merged.safetensors"), "kept weights");
 }
 
 /// Weights that are no official SAM and store no configuration are refused, naming the file

@@ -190,9 +190,7 @@ fn a_released_layout_checkpoint_round_trips() {
         k
     };
     assert_eq!(keys(&a), keys(&b));
-    for (k, t) in &a {
-        assert_eq!(common::max_abs_diff(t, &b[k]), 0.0, "{k}");
-    }
+    common::assert_same_weights(&path, &saved, "round trip");
     let back = StateDict::load(&saved, &dev).unwrap();
     assert_eq!(back.config.unwrap().sam_adapter, Some(FpeLayout::Faithful));
 }
@@ -422,15 +420,9 @@ fn the_sam_adapter_recipe_trains_and_resumes_bit_for_bit() {
     assert!(!o.status.success());
     let o = common::wesam(&["train", "--resume", crashed.to_str().unwrap()]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let (a, b) = (
-        candle_core::safetensors::load(full.join("merged.safetensors"), &Device::Cpu).unwrap(),
-        candle_core::safetensors::load(crashed.join("merged.safetensors"), &Device::Cpu).unwrap(),
+    common::assert_same_weights(
+        &full.join("merged.safetensors"),
+        &crashed.join("merged.safetensors"),
+        "resumed",
     );
-    for (k, v) in &a {
-        assert_eq!(
-            common::max_abs_diff(v, &b[k]),
-            0.0,
-            "{k} differs after resuming"
-        );
-    }
 }

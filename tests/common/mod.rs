@@ -53,6 +53,19 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Asserts that the weight file `actual` holds every tensor of `expected`, bit for bit (`what`
+/// names the comparison in the failure).
+pub fn assert_same_weights(expected: &Path, actual: &Path, what: &str) {
+    let load = |p: &Path| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let (e, a) = (load(expected), load(actual));
+    for (k, v) in &e {
+        let t = a
+            .get(k)
+            .unwrap_or_else(|| panic!("{what}: no {k} in {}", actual.display()));
+        assert_eq!(max_abs_diff(v, t), 0.0, "{what}: {k}");
+    }
+}
+
 /// Largest absolute value of a tensor.
 pub fn max_abs(a: &Tensor) -> f32 {
     a.abs()
