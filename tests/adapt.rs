@@ -175,6 +175,7 @@ fn synth_sample(index: u64) -> wesam::data::Sample {
 fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     use wesam::adapt::config::AdaptConfig;
+    use wesam::adapt::losses::PixelBalance;
     use wesam::adapt::step::{batch_gradients, image_loss, StepModels};
 
     let dev = Device::Cpu;
@@ -218,9 +219,16 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
     let n_total: usize = samples.iter().map(|s| s.instances.len()).sum();
     let mut total: Option<Tensor> = None;
     for s in &samples {
-        let loss = image_loss(&cfg, models, s, n_total, rng.random())
-            .unwrap()
-            .total;
+        let loss = image_loss(
+            &cfg,
+            models,
+            s,
+            n_total,
+            PixelBalance::default(),
+            rng.random(),
+        )
+        .unwrap()
+        .total;
         total = Some(match total {
             Some(t) => (t + loss).unwrap(),
             None => loss,

@@ -13,7 +13,8 @@ use candle_nn::Optimizer;
 use common::{max_abs, max_abs_diff};
 use wesam::adapt::losses::{
     anchor, bce, contrastive, dice, focal, iou_mse, iou_targets, predicted_mask, pseudo_label,
-    weighted_dice, wesam_image_loss, LossConfig, StudentOutputs, Term, WeakOutputs,
+    supervised_image_loss, weighted_dice, wesam_image_loss, LossConfig, PixelBalance,
+    StudentOutputs, SupervisedLoss, Term, WeakOutputs,
 };
 use wesam::adapt::optim::{Adam, AdamConfig, LrSchedule};
 use wesam::profile::Profile;
@@ -612,4 +613,53 @@ fn loading_a_state_with_a_wrong_shape_or_missing_entry_fails() {
         Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
     assert!(opt.load_state(&state).is_err());
+}
+
+/// SAM-Adapter's balanced BCE pools its pixel counts over the batch: each image's share, summed,
+/// gives torch's batch loss and gradients (`scripts/make_balanced_bce_fixture.py`).
+#[test]
+fn balanced_bce_over_a_batch_matches_torch() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/losses/balanced_bce.safetensors");
+    let fx: HashMap<String, Tensor> = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let images = ["img0", "img1"];
+    let mut balance = PixelBalance::default();
+    for i in images {
+        balance.add(PixelBalance::of(&fx[&format!("{i}.target")]).unwrap());
+    }
+    let config = LossConfig {
+        supervised: SupervisedLoss::BalancedBce,
+        ..LossConfig::default()
+    };
+    let n_total = images
+        .iter()
+        .map(|i| fx[&format!("{i}.logits")].dim(0).unwrap())
+        .sum();
+    let mut total = 0.0;
+    for i in images {
+        let logits = Var::from_tensor(&fx[&format!("{i}.logits")]).unwrap();
+        let n = logits.dim(0).unwrap();
+        let iou_pred = Tensor::zeros((n, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let student = StudentOutputs {
+            masks: logits.as_tensor(),
+            iou_pred: &iou_pred,
+        };
+        let target = &fx[&format!("{i}.target")];
+        let loss = supervised_image_loss(&config, Profile::Sam, &student, target, n_total, balance)
+            .unwrap();
+        total += scalar(&loss.total);
+        let grads = loss.total.backward().unwrap();
+        let g = grads.get(logits.as_tensor()).unwrap();
+        assert_rel(
+            &format!("{i} gradient"),
+            g,
+            &fx[&format!("{i}.grad")],
+            GRAD_REL,
+        );
+    }
+    let want = fx["loss"].to_vec1::<f32>().unwrap()[0];
+    assert!(
+        ((total - want) / want).abs() <= VALUE_REL,
+        "balanced BCE {total} against torch's {want}"
+    );
 }

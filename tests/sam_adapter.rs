@@ -279,6 +279,18 @@ fn eval_and_train_run_prompt_free() {
         report["instances"], 6,
         "one merged object per image: {report}"
     );
+    // Prompt-free evaluation reports the camouflage and shadow metrics too.
+    let sod = &report["sod"];
+    for (key, top) in [
+        ("s_measure", 1.0),
+        ("e_measure", 1.0),
+        ("weighted_f", 1.0),
+        ("mae", 1.0),
+        ("ber", 100.0),
+    ] {
+        let v = sod[key].as_f64().unwrap_or(f64::NAN);
+        assert!((0.0..=top).contains(&v), "{key} {v}: {report}");
+    }
     let o = common::wesam(&[
         "eval",
         "--checkpoint",
@@ -357,8 +369,17 @@ fn eval_and_train_run_prompt_free() {
     );
 }
 
+/// The value in `metrics.csv`'s text at a row (0 the header) and column.
+fn metrics_column(metrics: &str, row: usize, name: &str) -> f64 {
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let i = header.iter().position(|h| *h == name).unwrap();
+    let cell = metrics.lines().nth(row).unwrap().split(',').nth(i).unwrap();
+    cell.parse().unwrap()
+}
+
 /// `configs/sam-adapter.toml` trains SAM-Adapter's set prompt-free with its BCE + IoU loss and
-/// its per-epoch cosine rate, and a run that crashed and resumed ends with the same weights.
+/// its per-epoch cosine rate, and a run that crashed and resumed ends with the same weights;
+/// `--loss balanced-bce` trains with the balanced BCE alone.
 #[test]
 fn the_sam_adapter_recipe_trains_and_resumes_bit_for_bit() {
     let root = common::scratch();
@@ -389,19 +410,7 @@ fn the_sam_adapter_recipe_trains_and_resumes_bit_for_bit() {
     let o = run(&full, &[]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let metrics = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
-    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
-    let column = |row: usize, name: &str| -> f64 {
-        let i = header.iter().position(|h| *h == name).unwrap();
-        metrics
-            .lines()
-            .nth(row)
-            .unwrap()
-            .split(',')
-            .nth(i)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let column = |row: usize, name: &str| metrics_column(&metrics, row, name);
     assert!(
         column(2, "bce") > 0.0 && column(2, "soft_iou_loss") > 0.0,
         "{metrics}"
@@ -424,5 +433,17 @@ fn the_sam_adapter_recipe_trains_and_resumes_bit_for_bit() {
         &full.join("merged.safetensors"),
         &crashed.join("merged.safetensors"),
         "resumed",
+    );
+
+    let balanced = root.path().join("balanced");
+    let o = run(&balanced, &["--loss", "balanced-bce"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let metrics = std::fs::read_to_string(balanced.join("metrics.csv")).unwrap();
+    let bce = metrics_column(&metrics, 2, "bce");
+    assert!(bce.is_finite() && bce > 0.0, "{metrics}");
+    assert_eq!(
+        metrics_column(&metrics, 2, "soft_iou_loss"),
+        0.0,
+        "{metrics}"
     );
 }

@@ -25,7 +25,8 @@ pub struct LossTerms<T> {
     pub anchor: T,
     /// Teacher-anchor contrastive regularisation.
     pub contrastive: T,
-    /// SAM-Adapter's binary cross-entropy against the target (`losses.supervised = "bce-iou"`).
+    /// SAM-Adapter's binary cross-entropy against the target (`losses.supervised = "bce-iou"`;
+    /// the balanced one under `"balanced-bce"`).
     #[serde(default)]
     pub bce: T,
     /// SAM-Adapter's soft IoU loss against the target.

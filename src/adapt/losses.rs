@@ -6,7 +6,7 @@
 //! reference computes them; `tests/losses.rs` checks them against
 //! `tests/fixtures/losses.safetensors` (written by `scripts/make_loss_fixture.py`).
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::loss_terms::LossTerms;
@@ -69,6 +69,52 @@ pub fn bce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// `logits` and `target` are `[B, ...]`, one image per row.
 pub fn bce_iou(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     bce_with_logits(logits, target)? + soft_iou_loss(logits, target)?
+}
+
+/// SAM-Adapter's `bbce` loss (its shadow configuration; `docs/sam-adapter.md`): binary
+/// cross-entropy with logits, positive pixels weighted by the batch's share of negative pixels
+/// and negative ones by its share of positives, the mean over `logits`' elements. The shares
+/// come from the whole batch's targets ([`PixelBalance`]), not from these alone.
+pub fn balanced_bce(logits: &Tensor, target: &Tensor, balance: PixelBalance) -> Result<Tensor> {
+    let [positive, negative] = balance.weights();
+    let on = (target * softplus(&logits.neg()?)?)?;
+    let off = ((1.0 - target)? * softplus(logits)?)?;
+    ((on * positive)? + (off * negative)?)?.mean_all()
+}
+
+/// The pixel counts of a batch's targets, which [`balanced_bce`] weighs its terms by.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PixelBalance {
+    /// Target pixels that are object (the sum of the 0/1 targets).
+    pub positive: f64,
+    /// Target pixels that are background.
+    pub negative: f64,
+}
+
+impl PixelBalance {
+    /// The counts of one target `[.., H, W]` (0/1).
+    pub fn of(target: &Tensor) -> Result<Self> {
+        let positive = f64::from(target.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        Ok(Self {
+            positive,
+            negative: target.elem_count() as f64 - positive,
+        })
+    }
+
+    /// Both counts summed.
+    pub fn add(&mut self, other: Self) {
+        self.positive += other.positive;
+        self.negative += other.negative;
+    }
+
+    /// The weights of positive and negative pixels, as SAM-Adapter's
+    /// `P/(P+N) · BCEWithLogits(pos_weight = N/P)` with `P = Σt + 1e-10`:
+    /// `[N/(P+N), P/(P+N)]`.
+    fn weights(self) -> [f64; 2] {
+        let positive = self.positive + 1e-10;
+        let total = positive + self.negative;
+        [self.negative / total, positive / total]
+    }
 }
 
 /// Binary cross-entropy with logits, the mean over every element (PyTorch's
@@ -319,6 +365,9 @@ pub enum SupervisedLoss {
     FocalDiceIou,
     /// SAM-Adapter's binary cross-entropy + soft IoU, 1:1 (`bce_iou`).
     BceIou,
+    /// SAM-Adapter's balanced binary cross-entropy of its shadow configuration
+    /// (`balanced_bce`), alone.
+    BalancedBce,
 }
 
 /// The adaptation objective's settings (§2, §5.1): weights and switches of the five terms and the
@@ -562,22 +611,23 @@ pub fn wesam_image_loss(
 
 /// One image's supervised objective (`wesam train`) with the ground-truth masks `[n, H, W]` (0/1)
 /// as target: the same focal, dice and IoU-MSE terms as self-training (anchor and contrastive
-/// 0), or SAM-Adapter's BCE + soft IoU, each the mean over the image's masks weighted by its
+/// 0), or one of SAM-Adapter's losses, each the mean over the image's masks weighted by its
 /// share `n / n_total` of the batch (so that the batch's sum is SAM-Adapter's batch mean).
+/// `balance` holds the whole batch's target pixels, which the balanced BCE needs.
 pub fn supervised_image_loss(
     config: &LossConfig,
     profile: Profile,
     student: &StudentOutputs,
     ground_truth: &Tensor,
     n_total: usize,
+    balance: PixelBalance,
 ) -> Result<ImageLoss> {
     check_counts(student, n_total)?;
-    if config.supervised == SupervisedLoss::BceIou {
-        let share = student.masks.dim(0)? as f64 / n_total as f64;
-        let bce = (bce_with_logits(student.masks, ground_truth)? * share)?;
-        let soft_iou = (soft_iou_loss(student.masks, ground_truth)? * share)?;
+    let share = student.masks.dim(0)? as f64 / n_total as f64;
+    let sam_adapter = |bce: Tensor, soft_iou: Tensor| -> Result<ImageLoss> {
+        let (bce, soft_iou) = ((bce * share)?, (soft_iou * share)?);
         let zero = bce.zeros_like()?;
-        return Ok(LossTerms {
+        Ok(LossTerms {
             total: (&bce + &soft_iou)?,
             focal: zero.clone(),
             dice: zero.clone(),
@@ -586,7 +636,21 @@ pub fn supervised_image_loss(
             contrastive: zero,
             bce,
             soft_iou,
-        });
+        })
+    };
+    match config.supervised {
+        SupervisedLoss::BceIou => {
+            return sam_adapter(
+                bce_with_logits(student.masks, ground_truth)?,
+                soft_iou_loss(student.masks, ground_truth)?,
+            )
+        }
+        SupervisedLoss::BalancedBce => {
+            let bce = balanced_bce(student.masks, ground_truth, balance)?;
+            let zero = bce.zeros_like()?;
+            return sam_adapter(bce, zero);
+        }
+        SupervisedLoss::FocalDiceIou => {}
     }
     let [focal, dice, iou] = target_terms(config, profile, student, ground_truth, n_total)?;
     let zero = focal.zeros_like()?;

@@ -15,7 +15,7 @@ use super::config::{AdaptConfig, LossResolution, Objective};
 use super::loss_terms::LossTerms;
 use super::losses::{
     pseudo_label, supervised_image_loss, wesam_image_loss, AnchorWeighting, ImageLoss,
-    StudentOutputs, WeakOutputs,
+    PixelBalance, StudentOutputs, SupervisedLoss, WeakOutputs,
 };
 use crate::data::augment::{self, Flip};
 use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts, PromptKind};
@@ -127,8 +127,9 @@ pub fn batch_gradients(
         .filter(|x| !x.instances.is_empty())
         .map(|x| (x, rng.random()))
         .collect();
+    let balance = batch_balance(cfg, models.model, &work)?;
     let one = |&(sample, seed): &(&Sample, u64)| -> Result<(GradStore, LossTerms<f64>)> {
-        let loss = image_loss(cfg, models, sample, n_total, seed)?;
+        let loss = image_loss(cfg, models, sample, n_total, balance, seed)?;
         let log = logged(&loss)?;
         let all = loss.total.backward()?;
         let mut kept = GradStore::default();
@@ -154,19 +155,21 @@ pub fn batch_gradients(
     Ok(Some((grads, log)))
 }
 
-/// One image's loss under the run's objective, normalised by the batch's `n_total` instances,
-/// with its views and prompts drawn from `seed`.
+/// One image's loss under the run's objective, normalised by the batch's `n_total` instances
+/// (and, for the balanced BCE, weighted by the batch's target pixels `balance`), with its views
+/// and prompts drawn from `seed`.
 pub fn image_loss(
     cfg: &AdaptConfig,
     models: StepModels,
     sample: &Sample,
     n_total: usize,
+    balance: PixelBalance,
     seed: u64,
 ) -> Result<ImageLoss> {
     let rng = &mut StdRng::seed_from_u64(seed);
     match cfg.objective {
         Objective::SelfTraining => self_training_loss(cfg, models, sample, n_total, rng),
-        Objective::Supervised => supervised_loss(cfg, models, sample, n_total, rng),
+        Objective::Supervised => supervised_loss(cfg, models, sample, n_total, balance, rng),
     }
 }
 
@@ -330,23 +333,57 @@ fn self_training_loss(
     )?)
 }
 
+/// One image's supervised view: the sample flipped as its seed draws it, the frame it takes in
+/// the model's input, and its ground truth at the loss resolution (`[n, side, side]`, 0/1).
+fn supervised_view(
+    cfg: &AdaptConfig,
+    model: &Sam,
+    sample: &Sample,
+    rng: &mut StdRng,
+) -> Result<(Sample, Frame, Tensor)> {
+    let view = Flip::sample(rng).apply(sample);
+    let (h, w) = (view.image.height() as usize, view.image.width() as usize);
+    let frame = Frame::new((h, w), model.input_size, cfg.profile.preprocessing());
+    let side = match cfg.train.loss_resolution {
+        LossResolution::Input => model.input_size,
+        LossResolution::Low => 4 * model.embedding_size(),
+    };
+    let gt = ground_truth(&view.instances, &frame, side, &model.device)?;
+    Ok((view, frame, gt))
+}
+
+/// The target pixels of a batch's images, each given with its seed: what the balanced BCE
+/// weighs by (no counts under the other losses, which do not read them).
+fn batch_balance(cfg: &AdaptConfig, model: &Sam, work: &[(&Sample, u64)]) -> Result<PixelBalance> {
+    let mut balance = PixelBalance::default();
+    if cfg.objective == Objective::Supervised
+        && cfg.losses.supervised == SupervisedLoss::BalancedBce
+    {
+        for &(sample, seed) in work {
+            let (_, _, gt) = supervised_view(cfg, model, sample, &mut StdRng::seed_from_u64(seed))?;
+            balance.add(PixelBalance::of(&gt)?);
+        }
+    }
+    Ok(balance)
+}
+
 /// One image's supervised loss: the model on the weak (flipped) view against its ground truth.
 fn supervised_loss(
     cfg: &AdaptConfig,
     m: StepModels,
     sample: &Sample,
     n_total: usize,
+    balance: PixelBalance,
     rng: &mut StdRng,
 ) -> Result<ImageLoss> {
-    let view = Flip::sample(rng).apply(sample);
+    let (view, frame, gt) = supervised_view(cfg, m.model, sample, rng)?;
     let mut predictor = Predictor::new(m.model, m.lora, cfg.profile.preprocessing());
     let prepared = predictor.prepare(&view.image)?;
+    debug_assert_eq!(prepared.frame, frame);
     let (_, prompts) = prompts_for(cfg, &predictor, &view, &prepared, rng)?;
     predictor.set_prepared(&prepared)?;
     let Masks { low_res: low, iou } = predictor.predict_in_frame(&prompts, false)?;
-    let frame = prepared.frame;
     let masks = loss_masks(&low, cfg.train.loss_resolution, m.model.input_size)?;
-    let gt = ground_truth(&view.instances, &frame, masks.dim(1)?, &m.model.device)?;
     Ok(supervised_image_loss(
         &cfg.losses,
         cfg.profile,
@@ -356,6 +393,7 @@ fn supervised_loss(
         },
         &gt,
         n_total,
+        balance,
     )?)
 }
 

@@ -50,6 +50,10 @@ pub struct EvalArgs {
     /// Write per-instance scores to this CSV file.
     #[arg(long)]
     per_instance: Option<PathBuf>,
+    /// Also report the camouflage and shadow metrics (S-measure, mean E-measure, weighted
+    /// F-measure, MAE, BER) of every mask's probability map; always on with `--prompt none`.
+    #[arg(long)]
+    sod_metrics: bool,
 }
 
 #[derive(Serialize)]
@@ -91,10 +95,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let input = dataset_root(&dataset.records(Split::All));
         wesam::io::check_output_dir(dir, input.as_deref(), a.force, "--save-masks")?;
     }
-    let cfg = EvalConfig {
-        save_masks: a.save_masks.clone(),
-        ..EvalConfig::new(a.prompt, PromptConfig::default(), a.profile, a.seed)
-    };
+    let mut cfg = EvalConfig::new(a.prompt, PromptConfig::default(), a.profile, a.seed);
+    cfg.save_masks = a.save_masks.clone();
+    cfg.sod_metrics |= a.sod_metrics;
     let chunk = wesam::data::loader::default_chunk();
     let terminal = Terminal::default();
     let interrupt = super::interrupt::flag("stopping before the next image...");
@@ -147,6 +150,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             report.biou,
             report.agreement
         );
+        if let Some(s) = &report.sod {
+            println!("\n| S-measure | mean E-measure | weighted F | MAE | BER (%) |");
+            println!("|---|---|---|---|---|");
+            println!(
+                "| {:.4} | {:.4} | {:.4} | {:.4} | {:.2} |",
+                s.s_measure, s.e_measure, s.weighted_f, s.mae, s.ber
+            );
+        }
         eprintln!("\n{:.1} s, {ips:.2} images/s", report.seconds);
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! metrics of SAM-Adapter's community.
 
 pub mod agreement;
+pub mod distance;
 pub mod metrics;
 pub mod sod;
 
@@ -25,6 +26,7 @@ use crate::profile::Profile;
 use crate::progress::Progress;
 use agreement::weak_label_agreement;
 use metrics::{InstanceScore, MeanScores};
+use sod::{sod_scores, SodScores};
 
 /// What an evaluation does besides scoring.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +38,9 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Where to write predicted masks and overlays, if anywhere.
     pub save_masks: Option<PathBuf>,
+    /// Whether to also compute the camouflage and shadow metrics ([`sod`]) of every mask's
+    /// probability map (on by default for prompt-free evaluation, where each image has one).
+    pub sod_metrics: bool,
 }
 
 impl EvalConfig {
@@ -50,6 +55,7 @@ impl EvalConfig {
             profile,
             seed,
             save_masks: None,
+            sod_metrics: prompt == PromptKind::None,
         }
     }
 }
@@ -79,6 +85,9 @@ pub struct EvalReport {
     /// [`weak_label_agreement`]), averaged as mIoU is: the one score a target domain without
     /// ground-truth masks can give.
     pub agreement: f64,
+    /// The camouflage and shadow metrics, averaged per image as mIoU is (when asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sod: Option<SodScores>,
     pub skipped: Vec<FileIssue>,
     #[serde(skip)]
     pub per_instance: Vec<InstanceRow>,
@@ -116,6 +125,8 @@ pub struct Prediction {
     pub scores: Vec<InstanceScore>,
     /// Per instance, in [0, 1].
     pub agreement: Vec<f64>,
+    /// Per instance, when the configuration asks for them.
+    pub sod: Vec<SodScores>,
 }
 
 /// Predicts every instance of one sample and scores it. The `sam` profile scores at the
@@ -153,14 +164,11 @@ pub fn predict_and_score(
         .into_iter()
         .map(f64::from)
         .collect();
-    let (preds, gts): (Vec<GrayImage>, Vec<GrayImage>) = match cfg.profile {
-        Profile::Sam => {
-            let full = predictor.full_resolution(&low_res)?.squeeze(1)?;
-            (
-                binary_masks(&full, cfg.profile)?,
-                sample.instances.iter().map(|i| i.mask.clone()).collect(),
-            )
-        }
+    let (logits, gts): (Tensor, Vec<GrayImage>) = match cfg.profile {
+        Profile::Sam => (
+            predictor.full_resolution(&low_res)?.squeeze(1)?,
+            sample.instances.iter().map(|i| i.mask.clone()).collect(),
+        ),
         Profile::WesamReference => {
             let s = frame.size;
             let canvas = resize_2d(&low_res, s, s, Interpolation::Bilinear)?.squeeze(1)?;
@@ -169,8 +177,14 @@ pub fn predict_and_score(
                 .iter()
                 .map(|i| mask_to_frame(&i.mask, &frame))
                 .collect();
-            (binary_masks(&canvas, cfg.profile)?, gts)
+            (canvas, gts)
         }
+    };
+    let preds = binary_masks(&logits, cfg.profile)?;
+    let sod = if cfg.sod_metrics {
+        sod_per_mask(&logits, &gts)?
+    } else {
+        Vec::new()
     };
     let scores = preds
         .iter()
@@ -185,7 +199,28 @@ pub fn predict_and_score(
         masks,
         scores,
         agreement,
+        sod,
     })
+}
+
+/// The camouflage and shadow metrics of each mask's probability map (the sigmoid of its logits
+/// `[n, H, W]`) against its ground truth.
+fn sod_per_mask(logits: &Tensor, gts: &[GrayImage]) -> Result<Vec<SodScores>> {
+    let (_, h, w) = logits.dims3()?;
+    let maps = logits.to_dtype(DType::F64)?.to_vec3::<f64>()?;
+    Ok(maps
+        .iter()
+        .zip(gts)
+        .map(|(map, gt)| {
+            let prob: Vec<f64> = map
+                .iter()
+                .flatten()
+                .map(|&x| 1.0 / (1.0 + (-x).exp()))
+                .collect();
+            let gt: Vec<bool> = gt.pixels().map(|p| p.0[0] > 0).collect();
+            sod_scores(&prob, &gt, h, w)
+        })
+        .collect())
 }
 
 /// A mask on the padded canvas cut back to the image and resized to its original size.
@@ -250,6 +285,7 @@ pub fn evaluate(
     let frozen = lora.map(Lora::frozen);
     let mut means = MeanScores::default();
     let mut agreement_sum = 0.0;
+    let mut sod_per_image = Vec::new();
     let mut report = EvalReport::default();
     for (record, sample) in samples {
         let sample = match sample {
@@ -280,7 +316,11 @@ pub fn evaluate(
             masks,
             scores,
             agreement,
+            sod,
         } = predict_and_score(sam, frozen.as_ref(), &sample, cfg)?;
+        if !sod.is_empty() {
+            sod_per_image.push(SodScores::mean(&sod));
+        }
         if let Some(dir) = &cfg.save_masks {
             save_predictions(dir, &sample, &masks)?;
         }
@@ -323,6 +363,7 @@ pub fn evaluate(
     (report.miou, report.dice, report.biou) = means.percent();
     (report.images, report.instances) = (means.images, means.instances);
     report.agreement = 100.0 * agreement_sum / means.images.max(1) as f64;
+    report.sod = cfg.sod_metrics.then(|| SodScores::mean(&sod_per_image));
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -1,21 +1,27 @@
 //! The metrics the camouflaged-object and shadow communities report (and SAM-Adapter with
 //! them), per image, computed as their metric code does (`docs/sam-adapter.md`): S-measure,
-//! mean E-measure and MAE on the prediction min-max normalised per image (MATLAB's
-//! `mapminmax`), and the balanced error rate (BER) of shadow detection. Checked against the
+//! mean E-measure, weighted F-measure and MAE on the prediction min-max normalised per image
+//! (MATLAB's `mapminmax`), and the balanced error rate (BER) of shadow detection. Checked against the
 //! `pysodmetrics` package in `tests/sod.rs`.
+
+use super::distance::{nearest_object, FeatureTransform};
 
 /// numpy's `spacing(1)`, the metric code's epsilon.
 const EPS: f64 = f64::EPSILON;
 /// The S-measure's balance of its object and region terms.
 const S_ALPHA: f64 = 0.5;
+/// The weighted F-measure's β² (the metric code passes 0.3 as its `beta` and uses it as β²).
+const WF_BETA2: f64 = 0.3;
 
-/// One image's scores.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One image's scores, or their mean over images.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct SodScores {
     /// Structure measure S_α (α 0.5): object- and region-aware similarity, higher is better.
     pub s_measure: f64,
     /// Enhanced-alignment measure E_φ, the mean over the 256 thresholds, higher is better.
     pub e_measure: f64,
+    /// Weighted F-measure F^w_β (β² 0.3), higher is better; 0 for an image without object.
+    pub weighted_f: f64,
     /// Mean absolute error, lower is better.
     pub mae: f64,
     /// Balanced error rate in percent (both maps thresholded at 125 / 255), lower is better.
@@ -31,6 +37,7 @@ pub fn sod_scores(prob: &[f64], gt: &[bool], h: usize, w: usize) -> SodScores {
     SodScores {
         s_measure: s_measure(&pred, gt, h, w),
         e_measure: e_measure(&pred, gt),
+        weighted_f: weighted_f(&pred, gt, h, w),
         mae: pred
             .iter()
             .zip(gt)
@@ -38,6 +45,21 @@ pub fn sod_scores(prob: &[f64], gt: &[bool], h: usize, w: usize) -> SodScores {
             .sum::<f64>()
             / pred.len() as f64,
         ber: ber(prob, gt),
+    }
+}
+
+impl SodScores {
+    /// The mean of each score (all zero for none).
+    pub fn mean(scores: &[SodScores]) -> SodScores {
+        let n = scores.len().max(1) as f64;
+        let sum = |f: fn(&SodScores) -> f64| scores.iter().map(f).sum::<f64>() / n;
+        SodScores {
+            s_measure: sum(|s| s.s_measure),
+            e_measure: sum(|s| s.e_measure),
+            weighted_f: sum(|s| s.weighted_f),
+            mae: sum(|s| s.mae),
+            ber: sum(|s| s.ber),
+        }
     }
 }
 
@@ -206,6 +228,73 @@ fn e_measure(pred: &[f64], gt: &[bool]) -> f64 {
         total += sum / (size - 1.0 + EPS);
     }
     total / 256.0
+}
+
+/// Weighted F-measure (Margolin et al. 2014): the error `|pred − gt|`, carried to background
+/// pixels from their nearest object pixel, smoothed by MATLAB's 7×7 Gaussian (σ 5, zero
+/// border) and kept where smaller inside the object, then weighted up with the distance from
+/// the object (`2 − 0.5^(d/5)`); weighted recall and precision combine with β² 0.3.
+fn weighted_f(pred: &[f64], gt: &[bool], h: usize, w: usize) -> f64 {
+    let Some(FeatureTransform { nearest, distance }) = nearest_object(gt, h, w) else {
+        return 0.0;
+    };
+    let error: Vec<f64> = pred
+        .iter()
+        .zip(gt)
+        .map(|(p, &g)| (p - f64::from(u8::from(g))).abs())
+        .collect();
+    let carried: Vec<f64> = (0..h * w)
+        .map(|i| {
+            let (r, c) = nearest[i];
+            if gt[i] {
+                error[i]
+            } else {
+                error[r * w + c]
+            }
+        })
+        .collect();
+    let smoothed = gaussian_7x7(&carried, h, w);
+    let (mut object_error, mut background_error, mut object) = (0.0, 0.0, 0.0);
+    for i in 0..h * w {
+        if gt[i] {
+            object_error += smoothed[i].min(error[i]);
+            object += 1.0;
+        } else {
+            background_error += error[i] * (2.0 - (0.5f64.ln() / 5.0 * distance[i]).exp());
+        }
+    }
+    let true_positive = object - object_error;
+    let recall = 1.0 - object_error / object;
+    let precision = true_positive / (true_positive + background_error + EPS);
+    (1.0 + WF_BETA2) * recall * precision / (recall + WF_BETA2 * precision + EPS)
+}
+
+/// MATLAB's `imfilter(x, fspecial('gaussian', 7, 5))`: a normalised 7×7 Gaussian of σ 5,
+/// zero outside the image.
+fn gaussian_7x7(values: &[f64], h: usize, w: usize) -> Vec<f64> {
+    const RADIUS: i64 = 3;
+    const SIGMA: f64 = 5.0;
+    let raw: Vec<f64> = (-RADIUS..=RADIUS)
+        .flat_map(|dy| (-RADIUS..=RADIUS).map(move |dx| (dx, dy)))
+        .map(|(dx, dy)| (-((dx * dx + dy * dy) as f64) / (2.0 * SIGMA * SIGMA)).exp())
+        .collect();
+    let total: f64 = raw.iter().sum();
+    let kernel: Vec<f64> = raw.iter().map(|k| k / total).collect();
+    let side = (2 * RADIUS + 1) as usize;
+    let mut out = vec![0.0; h * w];
+    for (i, o) in out.iter_mut().enumerate() {
+        let (r, c) = ((i / w) as i64, (i % w) as i64);
+        for (k, weight) in kernel.iter().enumerate() {
+            let (y, x) = (
+                r + (k / side) as i64 - RADIUS,
+                c + (k % side) as i64 - RADIUS,
+            );
+            if (0..h as i64).contains(&y) && (0..w as i64).contains(&x) {
+                *o += weight * values[y as usize * w + x as usize];
+            }
+        }
+    }
+    out
 }
 
 /// Balanced error rate in percent, `(positive error + negative error) / 2`, with both maps
