@@ -8,6 +8,7 @@ mod corrupt;
 mod data;
 mod demo;
 mod eval;
+mod features;
 pub mod interrupt;
 mod merge;
 mod predict;
@@ -45,6 +46,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Inspect datasets: `data check` indexes and loads one and reports what it holds.
     Data(data::DataArgs),
+    /// Write the image encoder's intermediate features and embedding (a feature provider for
+    /// EBSeg-style models), one safetensors file per image.
+    Features(features::FeaturesArgs),
     /// Segment one image with box, point or mask prompts, or none (--prompt none).
     Predict(predict::PredictArgs),
     /// Fold a LoRA adapter into a checkpoint and write full weights.
@@ -65,6 +69,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Corrupt(a) => corrupt::run(a),
         Command::Data(a) => data::run(a),
+        Command::Features(a) => features::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Synth(a) => synth::run(a),

@@ -391,6 +391,24 @@ impl ImageEncoder {
     /// computed in it and the rest in f32: the residual stream, the norms, the softmaxes, as
     /// PyTorch's autocast does.
     pub fn forward(&self, x: &Tensor, lora: Option<&Lora>) -> Result<Tensor> {
+        Ok(self.forward_tapped(x, lora, &[])?.0)
+    }
+
+    /// [`ImageEncoder::forward`] that also returns the outputs of the blocks `taps` (0-based,
+    /// in the order given), channels first `[B, D, h, w]`, before the neck: the intermediate
+    /// features downstream models take from SAM (`model::features`).
+    pub fn forward_tapped(
+        &self,
+        x: &Tensor,
+        lora: Option<&Lora>,
+        taps: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        if let Some(&i) = taps.iter().find(|&&i| i >= self.blocks.len()) {
+            candle_core::bail!(
+                "block {i} asked for, but the encoder has {}",
+                self.blocks.len()
+            );
+        }
         let (stream, products) = (x.dtype(), self.precision.dtype());
         let low = |t: &Tensor| t.to_dtype(products);
         let image = x;
@@ -402,18 +420,23 @@ impl ImageEncoder {
             None => Vec::new(),
         };
         let mut x = x.broadcast_add(&self.pos_embed_for(gh, gw)?)?;
+        let mut tapped = vec![None; taps.len()];
         for (i, block) in self.blocks.iter().enumerate() {
             if let Some(p) = prompts.get(i) {
                 x = (x + p)?;
             }
             x = block.forward(&x, lora.and_then(|l| l.block(i)))?;
+            for (slot, _) in tapped.iter_mut().zip(taps).filter(|(_, &t)| t == i) {
+                *slot = Some(x.permute((0, 3, 1, 2))?);
+            }
         }
         let x = x.permute((0, 3, 1, 2))?;
         let x = self
             .neck_norm1
             .forward_2d(&self.neck_conv1.forward(&low(&x)?)?)?;
         let x = self.neck_conv2.forward(&low(&x)?)?;
-        self.neck_norm2.forward_2d(&x)?.to_dtype(stream)
+        let neck = self.neck_norm2.forward_2d(&x)?.to_dtype(stream)?;
+        Ok((neck, tapped.into_iter().flatten().collect()))
     }
 
     /// The absolute position embedding for a `gh x gw` token grid, resized bicubically if needed.
