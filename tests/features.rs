@@ -2,6 +2,12 @@
 //! `scripts/make_features_fixture.py`, a small SAM with four global-attention blocks): the
 //! block outputs, the neck and EBSeg's rescaled maps within 1e-4 of each tensor's largest
 //! value, with SAM's square input and with EBSeg's padded one; and the command's file.
+//!
+//! The same for the official ViT-B architecture with random weights at 1024² and at EBSeg's
+//! 640² (minutes on a CPU, so ignored by default). Make the fixture, then run the test:
+//!
+//!   python3 scripts/make_features_fixture.py --vit-b --out /tmp/vitb-features
+//!   WESAM_VITB_FEATURES=/tmp/vitb-features cargo test --release --test features -- --ignored --nocapture
 
 mod common;
 
@@ -28,25 +34,30 @@ fn cases() -> HashMap<String, Tensor> {
 
 /// The fixture's image (`[3, H, W]` of 0..255 values) as an RGB image.
 fn image(c: &HashMap<String, Tensor>) -> RgbImage {
-    let v = c["image"]
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
+    image_of(&c["image"])
+}
+
+/// A `[3, H, W]` tensor of 0..255 values as an RGB image.
+fn image_of(t: &Tensor) -> RgbImage {
+    let v = t.to_device(&Device::Cpu).unwrap().to_vec3::<f32>().unwrap();
     let (h, w) = (v[0].len(), v[0][0].len());
     RgbImage::from_fn(w as u32, h as u32, |x, y| {
         image::Rgb([0, 1, 2].map(|ch| v[ch][y as usize][x as usize] as u8))
     })
 }
 
-fn check(mode: &str, c: &HashMap<String, Tensor>, sam: &Sam, input: &Tensor) {
+fn check(mode: &str, c: &HashMap<String, Tensor>, sam: &Sam, input: &Tensor) -> f32 {
     let f = extract(sam, None, input, true).unwrap();
     let got = f.named();
     assert_eq!(got.len(), 4 + 1 + 4, "blocks, neck and the rescaled maps");
+    let mut worst = 0f32;
     for (name, t) in got {
         let want = &c[&format!("{mode}.{name}")];
-        assert_close(&format!("{mode} {name}"), &t, want, REL * max_abs(want));
+        let scale = max_abs(want);
+        assert_close(&format!("{mode} {name}"), &t, want, REL * scale);
+        worst = worst.max(common::max_abs_diff(&t, want) / scale);
     }
+    worst
 }
 
 #[test]
@@ -64,6 +75,45 @@ fn ebseg_input_and_features_match_the_official_encoder() {
     assert_eq!(prepared.padded, (96, 160));
     assert_close("ebseg input", &prepared.input, &c["ebseg.input"], 1e-5);
     check("ebseg", &c, &sam, &prepared.input);
+}
+
+#[test]
+#[ignore = "needs WESAM_VITB_FEATURES (see the file's doc) and minutes of CPU"]
+fn vit_b_features_match_at_1024_and_640() {
+    let dir = PathBuf::from(std::env::var("WESAM_VITB_FEATURES").unwrap_or_else(|_| {
+        panic!(
+            "set WESAM_VITB_FEATURES to a folder made by \
+             `python3 scripts/make_features_fixture.py --vit-b --out DIR` (outside the repository)"
+        )
+    }));
+    let dev = common::device();
+    let c = candle_core::safetensors::load(dir.join("cases.safetensors"), &dev).unwrap();
+    let sam = Sam::load(&dir.join("model.safetensors"), None, None, &dev).unwrap();
+    assert_eq!(sam.config.encoder_global_attn_indexes, [2, 5, 8, 11]);
+    let worst_1024 = check("sam", &c, &sam, &c["sam.input"]);
+
+    // EBSeg's 640²: a 40 x 40 grid, the position embedding and the global blocks' rel-pos
+    // tables resized.
+    let prepared = prepare(
+        &image_of(&c["ebseg640.image"]),
+        FeaturePreprocessing::Ebseg,
+        None,
+        &sam,
+    )
+    .unwrap();
+    assert_eq!(prepared.padded, (640, 640));
+    assert_close(
+        "ebseg640 input",
+        &prepared.input,
+        &c["ebseg640.input"],
+        1e-5,
+    );
+    let worst_640 = check("ebseg640", &c, &sam, &prepared.input);
+    assert_eq!(c["ebseg640.blocks.2"].dims(), [768, 40, 40]);
+    eprintln!(
+        "largest difference relative to the tensor's largest value: \
+         {worst_1024:.2e} at 1024², {worst_640:.2e} at 640²"
+    );
 }
 
 #[test]

@@ -12,9 +12,9 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
 use common::{max_abs, max_abs_diff};
 use wesam::adapt::losses::{
-    anchor, bce, contrastive, dice, focal, iou_mse, iou_targets, predicted_mask, pseudo_label,
-    supervised_image_loss, weighted_dice, wesam_image_loss, LossConfig, PixelBalance,
-    StudentOutputs, SupervisedLoss, Term, WeakOutputs,
+    anchor, bce, contrastive, dice, focal, iou_mse, iou_targets, multimask_image_loss,
+    predicted_mask, pseudo_label, supervised_image_loss, weighted_dice, wesam_image_loss,
+    LossConfig, PixelBalance, StudentOutputs, SupervisedLoss, Term, WeakOutputs,
 };
 use wesam::adapt::optim::{Adam, AdamConfig, LrSchedule};
 use wesam::profile::Profile;
@@ -662,4 +662,120 @@ fn balanced_bce_over_a_batch_matches_torch() {
         ((total - want) / want).abs() <= VALUE_REL,
         "balanced BCE {total} against torch's {want}"
     );
+}
+
+/// The three-output loss trains, per instance, the output of lowest 20·focal + dice (the
+/// others get no mask gradient), averages the chosen terms over the image's instances, and
+/// scores the IoU head on all three outputs against each output's IoU with the ground truth.
+#[test]
+fn the_multimask_loss_trains_the_best_output_of_each_instance() {
+    let dev = Device::Cpu;
+    let (h, w) = (6, 7);
+    let gt_data: Vec<f32> = (0..2 * h * w)
+        .map(|i| f32::from(u8::from((i % w) < 4 && (i / w) % h < 3 + i / (h * w))))
+        .collect();
+    let gt = Tensor::from_vec(gt_data, (2, h, w), &dev).unwrap();
+    // Output j of instance i: the signed target scaled by a different sharpness, plus a fixed
+    // ripple; the sharpest agrees best.
+    let sharp = [[1.0f32, 6.0, -2.0], [-3.0, 0.5, 4.0]];
+    let noise: Vec<f32> = (0..2 * 3 * h * w)
+        .map(|i| 0.3 * (i as f32 * 1.7).sin())
+        .collect();
+    let noise = Tensor::from_vec(noise, (2, 3, h, w), &dev).unwrap();
+    let signed = ((gt.unsqueeze(1).unwrap() * 2.0).unwrap() - 1.0).unwrap();
+    let scale = Tensor::new(&sharp, &dev)
+        .unwrap()
+        .reshape((2, 3, 1, 1))
+        .unwrap();
+    let logits =
+        Var::from_tensor(&(signed.broadcast_mul(&scale).unwrap() + noise).unwrap()).unwrap();
+    let iou_pred =
+        Var::from_tensor(&Tensor::new(&[[0.2f32, 0.9, 0.1], [0.3, 0.5, 0.8]], &dev).unwrap())
+            .unwrap();
+    let config = LossConfig::default();
+    let n_total = 4;
+    let loss = multimask_image_loss(
+        &config,
+        Profile::Sam,
+        logits.as_tensor(),
+        iou_pred.as_tensor(),
+        &gt,
+        n_total,
+    )
+    .unwrap();
+
+    // By hand: each output's 20·focal + dice, the best per instance.
+    let (mut focal_sum, mut dice_sum) = (0f32, 0f32);
+    for (i, best) in [1usize, 2].into_iter().enumerate() {
+        let t = gt.narrow(0, i, 1).unwrap();
+        let x = |j: usize| {
+            logits
+                .as_tensor()
+                .narrow(0, i, 1)
+                .unwrap()
+                .narrow(1, j, 1)
+                .unwrap()
+                .reshape((1, h, w))
+                .unwrap()
+        };
+        let term = |j: usize| {
+            let f = scalar(&focal(&x(j), &t, 0.8, 2.0).unwrap());
+            let d = scalar(&dice(&x(j), &t, 1.0).unwrap());
+            (f, d)
+        };
+        let values: Vec<f32> = (0..3)
+            .map(|j| {
+                let (f, d) = term(j);
+                20.0 * f + d
+            })
+            .collect();
+        let argmin = (0..3)
+            .min_by(|&a, &b| values[a].total_cmp(&values[b]))
+            .unwrap();
+        assert_eq!(argmin, best, "instance {i}: {values:?}");
+        let (f, d) = term(best);
+        focal_sum += f;
+        dice_sum += d;
+    }
+    assert!((scalar(&loss.focal) - focal_sum / 2.0).abs() < 1e-6);
+    assert!((scalar(&loss.dice) - dice_sum / 2.0).abs() < 1e-6);
+    let flat = logits.as_tensor().reshape((6, h, w)).unwrap();
+    let repeated = gt
+        .unsqueeze(1)
+        .unwrap()
+        .repeat((1, 3, 1, 1))
+        .unwrap()
+        .reshape((6, h, w))
+        .unwrap();
+    let targets = iou_targets(&flat, &repeated, Profile::Sam).unwrap();
+    let want_iou = iou_mse(
+        &iou_pred.as_tensor().reshape((6, 1)).unwrap(),
+        &targets,
+        3 * n_total,
+    )
+    .unwrap();
+    assert!((scalar(&loss.iou) - scalar(&want_iou)).abs() < 1e-6);
+
+    let grads = loss.total.backward().unwrap();
+    let g = grads.get(logits.as_tensor()).unwrap();
+    for (i, j) in [(0, 0), (0, 2), (1, 0), (1, 1)] {
+        let gij = g.narrow(0, i, 1).unwrap().narrow(1, j, 1).unwrap();
+        assert_eq!(
+            max_abs(&gij),
+            0.0,
+            "instance {i} output {j} is not its best"
+        );
+    }
+    for (i, j) in [(0, 1), (1, 2)] {
+        let gij = g.narrow(0, i, 1).unwrap().narrow(1, j, 1).unwrap();
+        assert!(max_abs(&gij) > 0.0, "instance {i}'s best output {j} trains");
+    }
+    let g_iou = grads.get(iou_pred.as_tensor()).unwrap();
+    assert!(g_iou
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| *v != 0.0));
 }

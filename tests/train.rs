@@ -234,6 +234,70 @@ fn training_from_scratch_learns_every_parameter_and_loads_back() {
 
 /// `wesam train` with `args` into a fresh run directory `name` under `root` fails, and its error
 /// names every one of `needles`.
+/// `--multimask` trains SAM's three outputs on single-point prompts: the hypernetworks of
+/// outputs 1-3 move (those chosen as some instance's best) and that of output 0 (which the
+/// three-output decode drops) does not, the other way round from single-output training; the
+/// flag is refused with box prompts.
+#[test]
+fn multimask_training_trains_the_three_outputs() {
+    let root = common::scratch();
+    let data = root.path().join("data");
+    make_dataset(&data, 4);
+    let model = fixture_dir().join("model.safetensors");
+    let run = |name: &str, extra: &[&str]| {
+        let out = root.path().join(name);
+        let mut args = vec![
+            "train",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--prompt",
+            "point",
+            "--positive-points",
+            "1",
+            "--negative-points",
+            "0",
+            "--trainable",
+            "decoder",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-2",
+            "--weight-decay",
+            "0",
+            "--loss-resolution",
+            "low",
+            "--eval-split",
+            "train",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = wesam(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        tensors(&out.join("merged.safetensors"))
+    };
+    let base = tensors(&model);
+    let moved = |w: &std::collections::HashMap<String, Tensor>, output: usize| {
+        let k = format!("mask_decoder.output_hypernetworks_mlps.{output}.layers.0.weight");
+        max_abs_diff(&w[&k], &base[&k]) > 0.0
+    };
+    // Only an instance's best output trains, so not every one of the three need move.
+    let multi = run("multi", &["--multimask"]);
+    assert!(!moved(&multi, 0) && (1..4).any(|o| moved(&multi, o)));
+    let single = run("single", &[]);
+    assert!(moved(&single, 0) && !(1..4).any(|o| moved(&single, o)));
+
+    assert_train_fails(
+        root.path(),
+        &data,
+        "multimask-box",
+        &["--checkpoint", model.to_str().unwrap(), "--multimask"],
+        &["train.multimask", "single-point"],
+    );
+}
+
 fn assert_train_fails(root: &Path, data: &Path, name: &str, args: &[&str], needles: &[&str]) {
     let o = train(data, &root.join(name), "1", args);
     assert!(!o.status.success(), "{name}: {args:?} succeeded");

@@ -252,6 +252,9 @@ pub struct TrainConfig {
     /// What the image encoder computes in (LoRA weights, gradients, optimiser state and losses
     /// stay f32).
     pub precision: Precision,
+    /// Supervised training of SAM's three outputs for single-point prompts, as SAM is trained
+    /// (`losses::multimask_image_loss`): what the automatic mask generator decodes.
+    pub multimask: bool,
 }
 
 impl Default for TrainConfig {
@@ -271,6 +274,7 @@ impl Default for TrainConfig {
             checkpoint_every: 100,
             selection: Selection::Auto,
             precision: Precision::F32,
+            multimask: false,
         }
     }
 }
@@ -392,6 +396,18 @@ impl AdaptConfig {
                 "data.options.val_fraction",
                 "--val-fraction",
                 "above 0 to select by validation mIoU (train.selection = \"val-miou\")",
+            ),
+            (
+                !t.multimask
+                    || (self.objective == Objective::Supervised
+                        && matches!(self.prompt, PromptKind::Point | PromptKind::Mixed)
+                        && self.prompts.positive_points == 1
+                        && self.prompts.negative_points == 0),
+                "train.multimask",
+                "--multimask",
+                "false unless training supervised (wesam train) on single-point prompts: \
+                 --prompt point or mixed with [prompts] positive_points = 1 and \
+                 negative_points = 0",
             ),
             (
                 lora.rank >= 1,

@@ -498,6 +498,83 @@ pub struct WeakOutputs<'a> {
 /// (0 for a disabled term).
 pub type ImageLoss = LossTerms<Tensor>;
 
+/// One image's supervised objective on SAM's three outputs for single-point prompts, as SAM is
+/// trained (Kirillov et al. 2023, §3 and appendix A): a single point is ambiguous (a part, the
+/// object, a group), so per instance only the output of lowest `w_f·focal + w_d·dice` against
+/// its ground truth is trained (the choice carries no gradient), and the IoU head learns the IoU
+/// of every output. `masks` are the logits `[n, k, H, W]` of the `k` outputs, `iou_pred`
+/// `[n, k]`, `ground_truth` `[n, H, W]` (0/1). Focal and dice are each instance's own (not pooled
+/// over the image's instances), averaged over the image's instances; the IoU term divides by
+/// the batch's `k · n_total` outputs. Logged terms: the chosen outputs' focal and dice, the IoU
+/// MSE.
+pub fn multimask_image_loss(
+    config: &LossConfig,
+    profile: Profile,
+    masks: &Tensor,
+    iou_pred: &Tensor,
+    ground_truth: &Tensor,
+    n_total: usize,
+) -> Result<ImageLoss> {
+    let (n, k, h, w) = masks.dims4()?;
+    if n == 0 || n_total < n {
+        bail!("loss: {n} instances in the image but {n_total} in the batch");
+    }
+    let alpha = config.focal_alpha(profile, n_total);
+    let smooth = config.self_dice_smooth(profile, n_total);
+    let zero = Tensor::zeros((), masks.dtype(), masks.device())?;
+    let (mut focal_sum, mut dice_sum) = (zero.clone(), zero.clone());
+    for i in 0..n {
+        let target = ground_truth.narrow(0, i, 1)?;
+        let mut best: Option<(f64, Tensor, Tensor)> = None;
+        for j in 0..k {
+            let x = masks.narrow(0, i, 1)?.narrow(1, j, 1)?.reshape((1, h, w))?;
+            let f = if config.focal.enabled {
+                focal(&x, &target, alpha, config.gamma)?
+            } else {
+                zero.clone()
+            };
+            let d = if config.dice.enabled {
+                dice(&x, &target, smooth)?
+            } else {
+                zero.clone()
+            };
+            let value = f64::from(
+                ((&f * config.focal.weight)? + (&d * config.dice.weight)?)?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?,
+            );
+            if best.as_ref().is_none_or(|(b, _, _)| value < *b) {
+                best = Some((value, f, d));
+            }
+        }
+        let (_, f, d) = best.expect("at least one output");
+        focal_sum = (focal_sum + f)?;
+        dice_sum = (dice_sum + d)?;
+    }
+    let iou = if config.iou.enabled {
+        let flat = masks.reshape((n * k, h, w))?;
+        let repeated = ground_truth
+            .unsqueeze(1)?
+            .repeat((1, k, 1, 1))?
+            .reshape((n * k, h, w))?;
+        let targets = iou_targets(&flat, &repeated, profile)?;
+        iou_mse(&iou_pred.reshape((n * k, 1))?, &targets, k * n_total)?
+    } else {
+        zero.clone()
+    };
+    let count = n as f64;
+    weighted(
+        config,
+        [
+            (focal_sum / count)?,
+            (dice_sum / count)?,
+            iou,
+            zero.clone(),
+            zero,
+        ],
+    )
+}
+
 /// The focal, dice and IoU-MSE terms that train the student's logits `[n, H, W]` and IoU
 /// predictions towards a binary `target` (§2.1–§2.3): the teacher's pseudo-label in
 /// self-training, the ground truth in supervised training. Disabled terms are 0.

@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use super::config::{AdaptConfig, LossResolution, Objective};
 use super::loss_terms::LossTerms;
 use super::losses::{
-    pseudo_label, supervised_image_loss, wesam_image_loss, AnchorWeighting, ImageLoss,
-    PixelBalance, StudentOutputs, SupervisedLoss, WeakOutputs,
+    multimask_image_loss, pseudo_label, supervised_image_loss, wesam_image_loss, AnchorWeighting,
+    ImageLoss, PixelBalance, StudentOutputs, SupervisedLoss, WeakOutputs,
 };
 use crate::data::augment::{self, Flip};
 use crate::data::prompts::{make_prompts, mask_to_frame, FramePrompts, PromptKind};
@@ -53,17 +53,24 @@ fn cap_instances(sample: &mut Sample, max: usize, rng: &mut StdRng) {
     }
 }
 
-/// Mask logits at the loss resolution: `[n, S, S]` or `[n, h, w]`.
+/// Mask logits `[n, 1, h, w]` at the loss resolution: `[n, S, S]` or `[n, h, w]`.
 fn loss_masks(
     low_res: &Tensor,
     resolution: LossResolution,
     size: usize,
 ) -> candle_core::Result<Tensor> {
+    at_loss_resolution(low_res, resolution, size)?.squeeze(1)
+}
+
+/// Low-resolution logits `[n, k, h, w]` at the loss resolution (`[n, k, S, S]` at the input's).
+fn at_loss_resolution(
+    low_res: &Tensor,
+    resolution: LossResolution,
+    size: usize,
+) -> candle_core::Result<Tensor> {
     match resolution {
-        LossResolution::Input => {
-            resize_2d(low_res, size, size, Interpolation::Bilinear)?.squeeze(1)
-        }
-        LossResolution::Low => low_res.squeeze(1),
+        LossResolution::Input => resize_2d(low_res, size, size, Interpolation::Bilinear),
+        LossResolution::Low => Ok(low_res.clone()),
     }
 }
 
@@ -367,7 +374,9 @@ fn batch_balance(cfg: &AdaptConfig, model: &Sam, work: &[(&Sample, u64)]) -> Res
     Ok(balance)
 }
 
-/// One image's supervised loss: the model on the weak (flipped) view against its ground truth.
+/// One image's supervised loss: the model on the weak (flipped) view against its ground truth;
+/// with `train.multimask` and single-point prompts, on its three outputs
+/// ([`multimask_image_loss`]).
 fn supervised_loss(
     cfg: &AdaptConfig,
     m: StepModels,
@@ -380,10 +389,23 @@ fn supervised_loss(
     let mut predictor = Predictor::new(m.model, m.lora, cfg.profile.preprocessing());
     let prepared = predictor.prepare(&view.image)?;
     debug_assert_eq!(prepared.frame, frame);
-    let (_, prompts) = prompts_for(cfg, &predictor, &view, &prepared, rng)?;
+    let (in_frame, prompts) = prompts_for(cfg, &predictor, &view, &prepared, rng)?;
     predictor.set_prepared(&prepared)?;
-    let Masks { low_res: low, iou } = predictor.predict_in_frame(&prompts, false)?;
-    let masks = loss_masks(&low, cfg.train.loss_resolution, m.model.input_size)?;
+    let multimask = cfg.train.multimask && single_points(&in_frame);
+    let Masks { low_res: low, iou } = predictor.predict_in_frame(&prompts, multimask)?;
+    let (res, size) = (cfg.train.loss_resolution, m.model.input_size);
+    if multimask {
+        let masks = at_loss_resolution(&low, res, size)?;
+        return Ok(multimask_image_loss(
+            &cfg.losses,
+            cfg.profile,
+            &masks,
+            &iou,
+            &gt,
+            n_total,
+        )?);
+    }
+    let masks = loss_masks(&low, res, size)?;
     Ok(supervised_image_loss(
         &cfg.losses,
         cfg.profile,
@@ -395,6 +417,17 @@ fn supervised_loss(
         n_total,
         balance,
     )?)
+}
+
+/// Whether every instance is prompted by one point alone (no box, no mask): the ambiguous
+/// prompt SAM answers with three masks.
+fn single_points(prompts: &FramePrompts) -> bool {
+    prompts.boxes.is_none()
+        && prompts.masks.is_none()
+        && prompts
+            .points
+            .as_ref()
+            .is_some_and(|p| p.iter().all(|points| points.len() == 1))
 }
 
 #[cfg(test)]

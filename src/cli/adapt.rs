@@ -111,6 +111,17 @@ pub struct AdaptArgs {
     loss: Option<SupervisedLoss>,
     #[arg(long)]
     max_instances: Option<usize>,
+    /// Positive points per instance of point prompts (default 5).
+    #[arg(long)]
+    positive_points: Option<usize>,
+    /// Negative points per instance of point prompts (default 5).
+    #[arg(long)]
+    negative_points: Option<usize>,
+    /// `wesam train` on single-point prompts (--positive-points 1 --negative-points 0): train
+    /// SAM's three outputs, the best of the three per instance and the IoU head on all, as SAM is
+    /// trained; what `wesam segment` needs.
+    #[arg(long)]
+    multimask: bool,
     #[arg(long)]
     seed: Option<u64>,
     /// Fraction of the adaptation split held out to select the best epoch.
@@ -141,7 +152,7 @@ pub struct AdaptArgs {
         "model_config", "fpe_layout", "peft", "trainable", "train_names", "image_size", "profile", "epochs",
         "batch_size", "lr", "optimizer", "weight_decay", "ema", "lora_rank", "lora_scale",
         "lora_blocks", "without", "anchor_weighting", "anchor_trust_exponent", "loss_resolution", "loss",
-        "max_instances", "seed", "val_fraction", "select", "train_limit", "eval_limit",
+        "max_instances", "positive_points", "negative_points", "multimask", "seed", "val_fraction", "select", "train_limit", "eval_limit",
         "eval_split", "checkpoint_every", "out", "precision", "corruption", "severity",
     ])]
     resume: Option<PathBuf>,
@@ -224,8 +235,10 @@ fn resolve(
         eval_limit => data.eval_limit, eval_split => data.eval_split, checkpoint_every => train.checkpoint_every,
         corruption => data.corruption, severity => data.severity, anchor_weighting => losses.anchor_weighting,
         anchor_trust_exponent => losses.anchor_trust_exponent, select => train.selection,
-        precision => train.precision,
+        precision => train.precision, positive_points => prompts.positive_points,
+        negative_points => prompts.negative_points,
     );
+    c.train.multimask |= a.multimask;
     if let Some(names) = &a.train_names {
         if a.trainable.is_some_and(|t| t != Trainable::Named) {
             bail!("--train-names trains the named weights only: drop --trainable");
