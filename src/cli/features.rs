@@ -1,10 +1,10 @@
 //! `wesam features`: the (adapted) image encoder as a feature provider, one safetensors file per
 //! image (`model::features`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::args::ModelArgs;
 use super::choice::{choice, default_name};
@@ -12,9 +12,6 @@ use super::progress::Terminal;
 use wesam::model::checkpoint::write_safetensors;
 use wesam::model::features::{self, FeaturePreprocessing};
 use wesam::progress::Progress;
-
-/// Image files a folder input is read for.
-const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
 #[derive(clap::Args, Debug)]
 pub struct FeaturesArgs {
@@ -50,7 +47,7 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<()> {
     if a.short_side == Some(0) {
         bail!("--short-side must be at least 1");
     }
-    let jobs = jobs(&a)?;
+    let jobs = super::images::jobs(&a.image, &a.out, "safetensors", a.force)?;
     let (sam, lora, _) = a.model.load()?;
     let adapter = match (&a.model.lora, sam.config.sam_adapter) {
         (Some(p), _) => format!("lora:{}", p.display()),
@@ -109,66 +106,4 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-/// (image, output file) pairs: the image and `--out` itself, or every image of the folder and
-/// `<out>/<stem>.safetensors`. Refuses outputs that would overwrite what the user has.
-fn jobs(a: &FeaturesArgs) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
-    if !a.image.is_dir() {
-        if !a.image.is_file() {
-            bail!("--image {}: no such file or folder", a.image.display());
-        }
-        if a.out.exists() && !a.force {
-            bail!(
-                "--out {} already exists; choose another name or pass --force to replace it",
-                a.out.display()
-            );
-        }
-        if wesam::io::resolved(&a.out) == wesam::io::resolved(&a.image) {
-            bail!("--out {} is the input image", a.out.display());
-        }
-        return Ok(vec![(a.image.clone(), a.out.clone())]);
-    }
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&a.image)
-        .with_context(|| format!("cannot list {}", a.image.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image(p))
-        .collect();
-    images.sort();
-    if images.is_empty() {
-        bail!(
-            "--image {}: the folder holds no image ({})",
-            a.image.display(),
-            IMAGE_EXTENSIONS.join(", ")
-        );
-    }
-    wesam::io::check_output_dir(&a.out, Some(&a.image), a.force, "--out")?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mut seen = std::collections::HashSet::new();
-    images
-        .into_iter()
-        .map(|p| {
-            let stem = p
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
-            if !seen.insert(stem.clone()) {
-                bail!(
-                    "two images of {} are named {stem} (different extensions): their features \
-                     would share {stem}.safetensors",
-                    a.image.display()
-                );
-            }
-            let out = a.out.join(format!("{stem}.safetensors"));
-            Ok((p, out))
-        })
-        .collect()
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }

@@ -8,11 +8,14 @@ mod corrupt;
 mod data;
 mod demo;
 mod eval;
+mod export;
 mod features;
+mod images;
 pub mod interrupt;
 mod merge;
 mod predict;
 mod progress;
+mod segment;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -49,10 +52,16 @@ enum Command {
     /// Write the image encoder's intermediate features and embedding (a feature provider for
     /// EBSeg-style models), one safetensors file per image.
     Features(features::FeaturesArgs),
+    /// Segment every object of an image without prompts (the official automatic mask
+    /// generator), writing SA-1B-style JSON with COCO RLE masks.
+    Segment(segment::SegmentArgs),
     /// Segment one image with box, point or mask prompts, or none (--prompt none).
     Predict(predict::PredictArgs),
     /// Fold a LoRA adapter into a checkpoint and write full weights.
     Merge(merge::MergeArgs),
+    /// Write merged weights in another container: a PyTorch .pth that torch.load and the official
+    /// sam_model_registry read, or safetensors.
+    Export(export::ExportArgs),
     /// Write a synthetic dataset (folder layout) in a source or shifted target domain.
     Synth(synth::SynthArgs),
     /// Time and memory of the model's passes (compare with scripts/bench_torch.py).
@@ -70,8 +79,10 @@ pub fn run() -> anyhow::Result<()> {
         Command::Corrupt(a) => corrupt::run(a),
         Command::Data(a) => data::run(a),
         Command::Features(a) => features::run(a),
+        Command::Segment(a) => segment::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Export(a) => export::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
     }

@@ -126,7 +126,7 @@ pub fn write_safetensors(
 }
 
 /// Whether every element of a float tensor is finite.
-fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+pub(crate) fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     Ok(values.iter().all(|v| v.is_finite()))
 }

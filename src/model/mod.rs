@@ -18,6 +18,7 @@ pub mod precision;
 pub mod predictor;
 pub mod prompt_encoder;
 pub mod sam_adapter;
+pub mod torch_pth;
 pub mod transformer;
 pub mod transforms;
 
@@ -259,16 +260,24 @@ impl Sam {
     /// prompt-free SAM-Adapter model under the released SAM-Adapter names, loadable by the
     /// authors' code).
     pub fn save(&self, path: &Path, lora: Option<&Lora>) -> anyhow::Result<()> {
+        let tensors = self.saved_tensors(lora)?;
+        let meta = HashMap::from([(
+            checkpoint::CONFIG_METADATA_KEY.to_string(),
+            serde_json::to_string(&self.config)?,
+        )]);
+        checkpoint::write_safetensors(path, &tensors, meta)
+    }
+
+    /// The tensors [`Sam::save`] writes (and `wesam export` in other containers), sorted by
+    /// name: the weights with `lora` folded in, under the official names (a prompt-free
+    /// SAM-Adapter model's under the released SAM-Adapter names, which the authors' code loads).
+    pub fn saved_tensors(&self, lora: Option<&Lora>) -> anyhow::Result<Vec<(String, Tensor)>> {
         let mut weights = self.merged_weights(lora)?;
         if !self.prompt_encoder.takes_prompts() {
             weights = checkpoint::to_released_sam_adapter(weights);
         }
         let mut tensors: Vec<_> = weights.into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let meta = HashMap::from([(
-            checkpoint::CONFIG_METADATA_KEY.to_string(),
-            serde_json::to_string(&self.config)?,
-        )]);
-        checkpoint::write_safetensors(path, &tensors, meta)
+        Ok(tensors)
     }
 }
