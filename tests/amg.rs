@@ -140,3 +140,62 @@ fn the_command_writes_sa1b_json() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("points_per_side"));
 }
+
+/// `wesam eval --prompt none --auto` scores the generator's masks against the instances, and
+/// `--calibrate` finds thresholds at least as good by F1 as the defaults; `--auto` with prompts
+/// is refused.
+#[test]
+fn eval_auto_scores_and_calibrates() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let wesam = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wesam"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = wesam(&[
+        "synth",
+        "--domain",
+        "source",
+        "--count",
+        "10",
+        "--seed",
+        "5",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = fixture("model.safetensors");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--split",
+            "all",
+            "--points-per-side",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        wesam(&args)
+    };
+    let o = eval(&["--prompt", "none", "--auto", "--calibrate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let auto = &report["auto"];
+    assert_eq!(auto["images"], 10, "{report}");
+    let f1 = |s: &serde_json::Value| s["f1_50"].as_f64().unwrap();
+    let at_defaults = f1(&auto["scores"]);
+    let best = &report["best"];
+    assert!(f1(&best[2]) >= at_defaults, "{report}");
+    assert!((0.0..=1.0).contains(&auto["scores"]["matched_iou"].as_f64().unwrap()));
+    assert_eq!(auto["sweep"].as_array().unwrap().len(), 13 * 15);
+
+    let o = eval(&["--auto"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--prompt none"));
+}

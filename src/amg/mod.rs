@@ -136,7 +136,9 @@ pub struct MaskRecord {
     pub crop_box: [f64; 4],
 }
 
-/// A mask while it is being generated, in the image's frame.
+/// A mask while it is being generated: its mask in the image's frame, its box and point in its
+/// crop's.
+#[derive(Debug, Clone)]
 struct Candidate {
     rle: Rle,
     bbox: XyxyBox,
@@ -153,6 +155,19 @@ pub fn generate(
     image: &RgbImage,
     cfg: &AmgConfig,
 ) -> Result<Vec<MaskRecord>> {
+    Ok(candidates(sam, lora, image, cfg)?.select(cfg))
+}
+
+/// The masks of one image that pass `cfg`'s score thresholds and the crop-edge filter, per crop,
+/// before any NMS: the expensive part of generation (one encoder pass per crop, the decoder
+/// for every point), which [`Candidates::select`] turns into records for these or any higher
+/// thresholds without running the model again (`wesam eval --auto --calibrate`).
+pub fn candidates(
+    sam: &Sam,
+    lora: Option<&Lora>,
+    image: &RgbImage,
+    cfg: &AmgConfig,
+) -> Result<Candidates> {
     cfg.validate()?;
     let (h, w) = (image.height() as usize, image.width() as usize);
     let grids = layer_point_grids(
@@ -161,57 +176,99 @@ pub fn generate(
         cfg.crop_n_points_downscale_factor,
     );
     let crops = crop_boxes((h, w), cfg.crop_n_layers, cfg.crop_overlap_ratio);
-    let mut masks: Vec<Candidate> = Vec::new();
-    for &(crop, layer) in &crops {
-        masks.extend(process_crop(sam, lora, image, crop, &grids[layer], cfg)?);
+    let per_crop = crops
+        .iter()
+        .map(|&(crop, layer)| process_crop(sam, lora, image, crop, &grids[layer], cfg))
+        .collect::<Result<_>>()?;
+    Ok(Candidates { per_crop })
+}
+
+/// An image's candidate masks, per crop ([`candidates`]).
+#[derive(Debug, Clone)]
+pub struct Candidates {
+    per_crop: Vec<Vec<Candidate>>,
+}
+
+impl Candidates {
+    /// The records `cfg` keeps: its thresholds, box NMS within each crop, NMS across crops (the
+    /// smaller crop's mask wins), then the small-region cleanup.
+    pub fn select(&self, cfg: &AmgConfig) -> Vec<MaskRecord> {
+        let mut masks: Vec<Candidate> = Vec::new();
+        for crop in &self.per_crop {
+            let kept: Vec<Candidate> = crop
+                .iter()
+                .filter(|m| passes(cfg, m.iou, m.stability))
+                .cloned()
+                .collect();
+            let boxes: Vec<XyxyBox> = kept.iter().map(|m| m.bbox).collect();
+            let scores: Vec<f64> = kept.iter().map(|m| m.iou).collect();
+            for mut m in take(kept, &nms(&boxes, &scores, cfg.box_nms_thresh)) {
+                let (dx, dy) = (m.crop[0] as f64, m.crop[1] as f64);
+                m.bbox = [
+                    m.bbox[0] + dx,
+                    m.bbox[1] + dy,
+                    m.bbox[2] + dx,
+                    m.bbox[3] + dy,
+                ];
+                m.point = [m.point[0] + dx, m.point[1] + dy];
+                masks.push(m);
+            }
+        }
+        if self.per_crop.len() > 1 {
+            let boxes: Vec<XyxyBox> = masks.iter().map(|m| m.bbox).collect();
+            let scores: Vec<f64> = masks
+                .iter()
+                .map(|m| 1.0 / box_area(m.crop.map(|v| v as f64)))
+                .collect();
+            masks = take(masks, &nms(&boxes, &scores, cfg.crop_nms_thresh));
+        }
+        if cfg.min_mask_region_area > 0 {
+            masks = clean_small_regions(
+                masks,
+                cfg.min_mask_region_area,
+                cfg.box_nms_thresh.max(cfg.crop_nms_thresh),
+            );
+        }
+        masks.into_iter().map(Candidate::record).collect()
     }
-    if crops.len() > 1 {
-        // Across crops the smaller crop's mask wins.
-        let boxes: Vec<XyxyBox> = masks.iter().map(|m| m.bbox).collect();
-        let scores: Vec<f64> = masks
-            .iter()
-            .map(|m| 1.0 / box_area(m.crop.map(|v| v as f64)))
-            .collect();
-        masks = select(masks, &nms(&boxes, &scores, cfg.crop_nms_thresh));
-    }
-    if cfg.min_mask_region_area > 0 {
-        masks = clean_small_regions(
-            masks,
-            cfg.min_mask_region_area,
-            cfg.box_nms_thresh.max(cfg.crop_nms_thresh),
-        );
-    }
-    Ok(masks
-        .into_iter()
-        .map(|m| MaskRecord {
-            area: m.rle.area(),
-            segmentation: m.rle.to_coco(),
-            bbox: [
-                m.bbox[0],
-                m.bbox[1],
-                m.bbox[2] - m.bbox[0],
-                m.bbox[3] - m.bbox[1],
-            ],
-            predicted_iou: m.iou,
-            point_coords: vec![m.point],
-            stability_score: m.stability,
+}
+
+/// Whether a mask's scores pass `cfg`'s thresholds (a threshold of 0 or below is off; a NaN
+/// stability, no pixel above −offset, is below every threshold).
+fn passes(cfg: &AmgConfig, iou: f64, stability: f64) -> bool {
+    let stable = stability >= cfg.stability_score_thresh;
+    (cfg.pred_iou_thresh <= 0.0 || iou > cfg.pred_iou_thresh)
+        && (cfg.stability_score_thresh <= 0.0 || stable)
+}
+
+impl Candidate {
+    fn record(self) -> MaskRecord {
+        let (b, c) = (self.bbox, self.crop);
+        MaskRecord {
+            area: self.rle.area(),
+            segmentation: self.rle.to_coco(),
+            bbox: [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+            predicted_iou: self.iou,
+            point_coords: vec![self.point],
+            stability_score: self.stability,
             crop_box: [
-                m.crop[0] as f64,
-                m.crop[1] as f64,
-                (m.crop[2] - m.crop[0]) as f64,
-                (m.crop[3] - m.crop[1]) as f64,
+                c[0] as f64,
+                c[1] as f64,
+                (c[2] - c[0]) as f64,
+                (c[3] - c[1]) as f64,
             ],
-        })
-        .collect())
+        }
+    }
 }
 
 /// The candidates at `keep`, in that order.
-fn select(masks: Vec<Candidate>, keep: &[usize]) -> Vec<Candidate> {
+fn take(masks: Vec<Candidate>, keep: &[usize]) -> Vec<Candidate> {
     let mut slots: Vec<Option<Candidate>> = masks.into_iter().map(Some).collect();
     keep.iter().filter_map(|&i| slots[i].take()).collect()
 }
 
-/// One crop: encoded once, its grid decoded in batches, filtered, deduplicated, uncropped.
+/// One crop: encoded once, its grid decoded in batches, filtered by `cfg`'s thresholds and the
+/// crop-edge filter; the masks uncropped, boxes and points still in the crop's frame.
 fn process_crop(
     sam: &Sam,
     lora: Option<&Lora>,
@@ -259,14 +316,9 @@ fn process_crop(
         for i in 0..n {
             for j in 0..k {
                 let iou = f64::from(ious[i][j]);
-                if cfg.pred_iou_thresh > 0.0 && iou <= cfg.pred_iou_thresh {
-                    continue;
-                }
                 let map = &logits[i][j];
                 let stability = stability_score(map, cfg.stability_score_offset);
-                // A NaN stability (no pixel above −offset) is below every threshold.
-                let stable = stability >= cfg.stability_score_thresh;
-                if cfg.stability_score_thresh > 0.0 && !stable {
+                if !passes(cfg, iou, stability) {
                     continue;
                 }
                 let mask: Vec<bool> = map.iter().map(|&v| v > 0.0).collect();
@@ -284,19 +336,6 @@ fn process_crop(
                 });
             }
         }
-    }
-    let boxes: Vec<XyxyBox> = kept.iter().map(|m| m.bbox).collect();
-    let scores: Vec<f64> = kept.iter().map(|m| m.iou).collect();
-    let mut kept = select(kept, &nms(&boxes, &scores, cfg.box_nms_thresh));
-    let (dx, dy) = (crop[0] as f64, crop[1] as f64);
-    for m in &mut kept {
-        m.bbox = [
-            m.bbox[0] + dx,
-            m.bbox[1] + dy,
-            m.bbox[2] + dx,
-            m.bbox[3] + dy,
-        ];
-        m.point = [m.point[0] + dx, m.point[1] + dy];
     }
     Ok(kept)
 }

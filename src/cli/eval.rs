@@ -50,6 +50,17 @@ pub struct EvalArgs {
     /// Write per-instance scores to this CSV file.
     #[arg(long)]
     per_instance: Option<PathBuf>,
+    /// Prompt-free instance segmentation (with --prompt none): the automatic mask generator's
+    /// masks matched to the instances (Hungarian on IoU): matched mIoU, recall at IoU 0.5 and
+    /// 0.75, masks per image.
+    #[arg(long)]
+    auto: bool,
+    /// With --auto: also sweep the generator's two score thresholds (predicted IoU 0.6-0.9,
+    /// stability 0.6-0.95, by 0.025) and report the pair of best matched mIoU.
+    #[arg(long, requires = "auto")]
+    calibrate: bool,
+    #[command(flatten)]
+    generator: super::segment::AmgArgs,
     /// Also report the camouflage and shadow metrics (S-measure, mean E-measure, weighted
     /// F-measure, MAE, BER) of every mask's probability map; always on with `--prompt none`.
     #[arg(long)]
@@ -78,6 +89,10 @@ fn write_csv(path: &std::path::Path, report: &EvalReport) -> anyhow::Result<()> 
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if a.auto && a.prompt != PromptKind::None {
+        anyhow::bail!("--auto scores masks generated without prompts: pass --prompt none");
+    }
+    let generator = a.generator.settings()?;
     let (sam, lora, _) = a.model.load()?;
     let dataset = a.data.open(a.data.options(a.profile))?;
     let mut records = dataset.records(a.split);
@@ -94,6 +109,16 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.save_masks {
         let input = dataset_root(&dataset.records(Split::All));
         wesam::io::check_output_dir(dir, input.as_deref(), a.force, "--save-masks")?;
+    }
+    if a.auto {
+        return run_auto(
+            &a,
+            &sam,
+            lora.as_ref(),
+            dataset.as_ref(),
+            &records,
+            &generator,
+        );
     }
     let mut cfg = EvalConfig::new(a.prompt, PromptConfig::default(), a.profile, a.seed);
     cfg.save_masks = a.save_masks.clone();
@@ -159,6 +184,82 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             );
         }
         eprintln!("\n{:.1} s, {ips:.2} images/s", report.seconds);
+    }
+    Ok(())
+}
+
+/// `eval --auto`: the automatic mask generator's masks against the split's instances.
+fn run_auto(
+    a: &EvalArgs,
+    sam: &wesam::model::Sam,
+    lora: Option<&wesam::model::Lora>,
+    dataset: &dyn wesam::data::Dataset,
+    records: &[wesam::data::Record],
+    generator: &wesam::amg::AmgConfig,
+) -> anyhow::Result<()> {
+    use wesam::eval::auto::{calibration_grid, evaluate_auto};
+    let sweep = if a.calibrate {
+        calibration_grid()
+    } else {
+        Vec::new()
+    };
+    let terminal = Terminal::default();
+    let interrupt = super::interrupt::flag("stopping before the next image...");
+    terminal.begin("eval --auto", records.len(), 0);
+    let samples = load_parallel(dataset, records, wesam::data::loader::default_chunk())
+        .take_while(|_| !interrupt.load(Ordering::SeqCst));
+    let report = evaluate_auto(sam, lora, samples, generator, &sweep, &terminal);
+    terminal.end(report.is_ok());
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(super::interrupt::Stopped(
+            "interrupted: no scores reported (a part of the split is not the split)".into(),
+        )
+        .into());
+    }
+    let report = report?;
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.file, s.reason);
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dataset": dataset.name(),
+                "split": a.split,
+                "auto": &report,
+                "best": report.best(),
+            })
+        );
+        return Ok(());
+    }
+    let row = |what: &str, s: &wesam::eval::auto::AutoScores| {
+        println!(
+            "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            100.0 * s.matched_iou,
+            100.0 * s.recall_50,
+            100.0 * s.recall_75,
+            100.0 * s.f1_50,
+            s.masks
+        );
+    };
+    println!(
+        "{} images, {} instances ({}, {} split)\n",
+        report.images,
+        report.instances,
+        dataset.name(),
+        name(&a.split)
+    );
+    println!("| thresholds | matched mIoU | recall@0.5 | recall@0.75 | F1@0.5 | masks per image |");
+    println!("|---|---|---|---|---|---|");
+    row(
+        &format!(
+            "predicted IoU {}, stability {}",
+            generator.pred_iou_thresh, generator.stability_score_thresh
+        ),
+        &report.scores,
+    );
+    if let Some((iou, stability, s)) = report.best() {
+        row(&format!("best of the sweep: {iou:.3}, {stability:.3}"), s);
     }
     Ok(())
 }

@@ -23,10 +23,25 @@ pub struct SegmentArgs {
     /// The output: a .json file for one image, a folder for a folder.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    generator: AmgArgs,
+    /// Also write `<out>.labels.png` (object ids, larger masks under smaller ones; 16-bit when
+    /// more than 255) and `<out>.overlay.png` beside each JSON file.
+    #[arg(long)]
+    png: bool,
+    /// Write over existing outputs, or into a folder that already holds files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// The automatic mask generator's settings on the command line (`segment`, `eval --auto`):
+/// every one of the official generator's, as a flag and as a key of `--amg-config`.
+#[derive(clap::Args, Debug)]
+pub struct AmgArgs {
     /// The generator's settings as TOML (the keys of the flags below, with underscores);
     /// flags override it.
     #[arg(long)]
-    config: Option<PathBuf>,
+    amg_config: Option<PathBuf>,
     /// Points per side of the grid (default 32).
     #[arg(long)]
     points_per_side: Option<usize>,
@@ -60,41 +75,12 @@ pub struct SegmentArgs {
     /// Remove holes and islands smaller than this many pixels (default 0: none).
     #[arg(long)]
     min_mask_region_area: Option<usize>,
-    /// Also write `<out>.labels.png` (object ids, larger masks under smaller ones; 16-bit when
-    /// more than 255) and `<out>.overlay.png` beside each JSON file.
-    #[arg(long)]
-    png: bool,
-    /// Write over existing outputs, or into a folder that already holds files.
-    #[arg(long)]
-    force: bool,
 }
 
-/// SA-1B's per-image JSON: the image and its annotations.
-#[derive(Serialize)]
-struct ImageMasks<'a> {
-    image: ImageInfo,
-    annotations: Vec<Annotation<'a>>,
-}
-
-#[derive(Serialize)]
-struct ImageInfo {
-    image_id: usize,
-    width: u32,
-    height: u32,
-    file_name: String,
-}
-
-#[derive(Serialize)]
-struct Annotation<'a> {
-    id: usize,
-    #[serde(flatten)]
-    record: &'a MaskRecord,
-}
-
-impl SegmentArgs {
-    /// The generator's settings: the defaults, the --config file, then the flags.
-    fn settings(&self) -> anyhow::Result<AmgConfig> {
-        let mut c = match &self.config {
+impl AmgArgs {
+    /// The generator's settings: the defaults, the --amg-config file, then the flags.
+    pub fn settings(&self) -> anyhow::Result<AmgConfig> {
+        let mut c = match &self.amg_config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read {}", p.display()))?;
@@ -126,8 +112,30 @@ impl SegmentArgs {
     }
 }
 
+/// SA-1B's per-image JSON: the image and its annotations.
+#[derive(Serialize)]
+struct ImageMasks<'a> {
+    image: ImageInfo,
+    annotations: Vec<Annotation<'a>>,
+}
+
+#[derive(Serialize)]
+struct ImageInfo {
+    image_id: usize,
+    width: u32,
+    height: u32,
+    file_name: String,
+}
+
+#[derive(Serialize)]
+struct Annotation<'a> {
+    id: usize,
+    #[serde(flatten)]
+    record: &'a MaskRecord,
+}
+
 pub fn run(a: SegmentArgs) -> anyhow::Result<()> {
-    let cfg = a.settings()?;
+    let cfg = a.generator.settings()?;
     let jobs = super::images::jobs(&a.image, &a.out, "json", a.force)?;
     if a.png && !a.force {
         for (_, out) in &jobs {

@@ -4,6 +4,7 @@
 //! metrics of SAM-Adapter's community.
 
 pub mod agreement;
+pub mod auto;
 pub mod distance;
 pub mod metrics;
 pub mod sod;
