@@ -265,4 +265,164 @@ fn torch_loads_the_export_into_the_official_sam() {
     );
     eprintln!("{text}");
     assert!(o.status.success(), "torch rejected the export: {text}");
+
+    // A detectron2-style EBSeg checkpoint (tensors under "model", an iteration count beside):
+    // the ebseg export reads it and torch reads the result.
+    let ebseg = dir.path().join("ebseg.pth");
+    let ebseg_out = dir.path().join("ebseg_adapted.pth");
+    let python_run = |code: &str, args: &[&Path]| {
+        let o = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{text}");
+    };
+    python_run(EBSEG_MAKE, &[&model, &ebseg]);
+    export(&[
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--format",
+        "ebseg",
+        "--ebseg-checkpoint",
+        ebseg.to_str().unwrap(),
+        "--out",
+        ebseg_out.to_str().unwrap(),
+    ]);
+    python_run(EBSEG_CHECK, &[&model, &ebseg, &ebseg_out]);
+}
+
+/// An EBSeg-like detectron2 checkpoint from a model's encoder: `backbone.*` (no neck) with
+/// every value doubled, a head tensor, and an iteration count.
+const EBSEG_MAKE: &str = r#"
+import sys, torch
+from safetensors.torch import load_file
+ref = load_file(sys.argv[1])
+model = {"backbone." + k[len("image_encoder."):]: v * 2 for k, v in ref.items()
+         if k.startswith("image_encoder.") and not k.startswith("image_encoder.neck.")}
+model["sem_seg_head.weight"] = torch.ones(3)
+torch.save({"model": model, "iteration": 7}, sys.argv[2])
+"#;
+
+/// torch reads the ebseg export: the encoder's tensors under `backbone.*` (EBSeg's position
+/// embedding kept), the head kept.
+const EBSEG_CHECK: &str = r#"
+import sys, torch
+from safetensors.torch import load_file
+ref, base = load_file(sys.argv[1]), torch.load(sys.argv[2], weights_only=True)["model"]
+out = torch.load(sys.argv[3], weights_only=True)
+assert set(out) == set(base), set(out) ^ set(base)
+for k, v in out.items():
+    if k.startswith("backbone.") and k != "backbone.pos_embed":
+        assert torch.equal(v, ref["image_encoder." + k[len("backbone."):]]), k
+    else:
+        assert torch.equal(v, base[k]), k
+print(f"ebseg export: {len(out)} tensors read by torch")
+"#;
+
+/// `--format ebseg` writes the adapted encoder (LoRA folded in, no neck) under EBSeg's
+/// `backbone.*` names into a copy of an EBSeg checkpoint, keeping the checkpoint's other tensors
+/// and, unless `--pos-embed adapted`, its trained position embedding.
+#[test]
+fn an_ebseg_export_replaces_the_backbone() {
+    let root = scratch();
+    let model = tiny_model();
+    let merged: HashMap<String, Tensor> = {
+        let out = root.path().join("merged.pth");
+        let lora = fixture_dir().join("lora.safetensors");
+        export(&[
+            "--checkpoint",
+            model.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        read_pth(&out)
+    };
+    // An EBSeg-like checkpoint: the base encoder doubled under backbone.*, and a head.
+    let mut base: Vec<(String, Tensor)> = merged
+        .iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("image_encoder.")?;
+            (!rest.starts_with("neck.")).then(|| (format!("backbone.{rest}"), (v * 2.0).unwrap()))
+        })
+        .collect();
+    base.push((
+        "sem_seg_head.weight".into(),
+        Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    ));
+    base.sort_by(|a, b| a.0.cmp(&b.0));
+    let ebseg = root.path().join("ebseg.pth");
+    wesam::model::torch_pth::write_pth(&ebseg, &base).unwrap();
+    let lora = fixture_dir().join("lora.safetensors");
+    let run = |out: &Path, extra: &[&str]| {
+        let args = [
+            &[
+                "--checkpoint",
+                model.to_str().unwrap(),
+                "--lora",
+                lora.to_str().unwrap(),
+                "--format",
+                "ebseg",
+                "--ebseg-checkpoint",
+                ebseg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        export(&args);
+        read_pth(out)
+    };
+    let kept = run(&root.path().join("kept.pth"), &[]);
+    assert_eq!(kept.len(), base.len());
+    let qkv = "blocks.0.attn.qkv.weight";
+    assert!(
+        bytes(&kept[&format!("backbone.{qkv}")]) == bytes(&merged[&format!("image_encoder.{qkv}")]),
+        "the adapted encoder"
+    );
+    let base: HashMap<String, Tensor> = base.into_iter().collect();
+    assert!(
+        bytes(&kept["backbone.pos_embed"]) == bytes(&base["backbone.pos_embed"]),
+        "EBSeg's position embedding"
+    );
+    assert!(bytes(&kept["sem_seg_head.weight"]) == bytes(&base["sem_seg_head.weight"]));
+    assert!(!kept.keys().any(|k| k.contains("neck")));
+    let adapted = run(
+        &root.path().join("adapted.pth"),
+        &["--pos-embed", "adapted"],
+    );
+    assert!(bytes(&adapted["backbone.pos_embed"]) == bytes(&merged["image_encoder.pos_embed"]));
+
+    // A checkpoint of another backbone is refused, naming what is missing.
+    let other = root.path().join("other.pth");
+    wesam::model::torch_pth::write_pth(
+        &other,
+        &[(
+            "backbone.pos_embed".into(),
+            Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )],
+    )
+    .unwrap();
+    let o = wesam(&[
+        "export",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--format",
+        "ebseg",
+        "--ebseg-checkpoint",
+        other.to_str().unwrap(),
+        "--out",
+        root.path().join("x.pth").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("has no backbone."), "{}", stderr(&o));
 }

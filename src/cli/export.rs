@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::args::ArchitectureArgs;
 use super::choice::{choice, default_name, name};
 use wesam::device::DeviceKind;
+use wesam::model::ebseg::{into_backbone, PosEmbed};
 use wesam::model::{torch_pth, Lora, SamConfig};
 
 /// The container `wesam export` writes.
@@ -23,6 +24,9 @@ pub enum ExportFormat {
     Pth,
     /// safetensors with the configuration in its metadata (what `wesam merge` writes).
     Safetensors,
+    /// The encoder, without its neck, under EBSeg's `backbone.*` names, as a .pth: written into
+    /// a copy of --ebseg-checkpoint when given (its other tensors kept).
+    Ebseg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +45,14 @@ pub struct ExportArgs {
     /// The container to write.
     #[arg(long, value_parser = choice::<ExportFormat>(), default_value = default_name::<ExportFormat>())]
     format: ExportFormat,
+    /// With --format ebseg: the EBSeg checkpoint to write the encoder into (a .pth whose
+    /// tensors sit at the top or under "model", as detectron2 saves them).
+    #[arg(long)]
+    ebseg_checkpoint: Option<PathBuf>,
+    /// With --format ebseg and --ebseg-checkpoint: keep EBSeg's trained position embedding
+    /// (`ebseg`) or write the model's (`adapted`).
+    #[arg(long, value_parser = choice::<PosEmbed>(), default_value = default_name::<PosEmbed>())]
+    pos_embed: PosEmbed,
     /// Write over an existing --out and its provenance file.
     #[arg(long)]
     force: bool,
@@ -64,10 +76,18 @@ struct Provenance {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    if a.ebseg_checkpoint.is_some() && a.format != ExportFormat::Ebseg {
+        anyhow::bail!("--ebseg-checkpoint goes with --format ebseg");
+    }
     let provenance_path = provenance_path(&a.out);
     let out = wesam::io::resolved(&a.out);
     for (flag, input) in std::iter::once(("--checkpoint", &a.checkpoint))
         .chain(a.lora.as_ref().map(|l| ("--lora", l)))
+        .chain(
+            a.ebseg_checkpoint
+                .as_ref()
+                .map(|e| ("--ebseg-checkpoint", e)),
+        )
     {
         if wesam::io::resolved(input) == out {
             anyhow::bail!(
@@ -94,6 +114,11 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     match a.format {
         ExportFormat::Pth => torch_pth::write_pth(&a.out, &sam.saved_tensors(lora.as_ref())?)?,
         ExportFormat::Safetensors => sam.save(&a.out, lora.as_ref())?,
+        ExportFormat::Ebseg => {
+            let base = a.ebseg_checkpoint.as_deref().map(read_ebseg).transpose()?;
+            let weights = sam.saved_tensors(lora.as_ref())?;
+            torch_pth::write_pth(&a.out, &into_backbone(&weights, base, a.pos_embed)?)?
+        }
     }
     let adapter = match (lora.is_some(), sam.config.sam_adapter.is_some()) {
         (false, false) => "none",
@@ -131,4 +156,19 @@ fn provenance_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".provenance.json");
     out.with_file_name(name)
+}
+
+/// An EBSeg checkpoint's tensors: under "model" (detectron2's checkpoints) or at the top.
+fn read_ebseg(path: &Path) -> anyhow::Result<Vec<(String, candle_core::Tensor)>> {
+    let nested = candle_core::pickle::read_all_with_key(path, Some("model"));
+    let tensors = match nested {
+        Ok(t) if !t.is_empty() => t,
+        _ => candle_core::pickle::read_all(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the EBSeg checkpoint {}: {e}", path.display())
+        })?,
+    };
+    if tensors.is_empty() {
+        anyhow::bail!("the EBSeg checkpoint {} holds no tensor", path.display());
+    }
+    Ok(tensors)
 }

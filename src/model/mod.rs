@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ebseg;
 pub mod features;
 pub mod hf;
 pub mod image_encoder;
