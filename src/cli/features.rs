@@ -2,16 +2,13 @@
 //! image (`model::features`).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use anyhow::bail;
 
 use super::args::ModelArgs;
 use super::choice::{choice, default_name};
-use super::progress::Terminal;
 use wesam::model::checkpoint::write_safetensors;
 use wesam::model::features::{self, FeaturePreprocessing};
-use wesam::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct FeaturesArgs {
@@ -54,56 +51,18 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<()> {
         (None, Some(_)) => "sam-adapter".to_string(),
         (None, None) => "none".to_string(),
     };
-    let terminal = Terminal::default();
-    let interrupt = super::interrupt::flag("stopping before the next image...");
-    terminal.begin("features", jobs.len(), 0);
-    let mut failed = Vec::new();
-    let mut written = 0;
-    for (image_path, out) in &jobs {
-        if interrupt.load(Ordering::SeqCst) {
-            break;
-        }
-        let result = (|| -> anyhow::Result<()> {
-            let image = wesam::io::read_rgb(image_path)?;
-            let prepared = features::prepare(&image, a.preprocess, a.short_side, &sam)?;
-            let f = features::extract(&sam, lora.as_ref(), &prepared.input, a.rescale)?;
-            let metadata = features::metadata(&sam, a.preprocess, &prepared, &adapter);
-            write_safetensors(out, &f.named(), metadata)
-        })();
-        match result {
-            Ok(()) => written += 1,
-            // One image: its error is the command's.
-            Err(e) if jobs.len() == 1 => return Err(e),
-            Err(e) => failed.push(format!("{}: {e:#}", image_path.display())),
-        }
-        terminal.advance("");
-    }
-    terminal.end(written > 0);
-    for f in &failed {
-        eprintln!("skipped {f}");
-    }
-    if interrupt.load(Ordering::SeqCst) {
-        return Err(super::interrupt::Stopped(format!(
-            "interrupted after {written} of {} images (each file written is whole)",
-            jobs.len()
-        ))
-        .into());
-    }
-    if written == 0 {
-        bail!(
-            "no features written: every one of the {} images failed",
-            jobs.len()
-        );
-    }
+    let written = super::images::for_each(&jobs, "features", |_, image_path, out| {
+        let image = wesam::io::read_rgb(image_path)?;
+        let prepared = features::prepare(&image, a.preprocess, a.short_side, &sam)?;
+        let f = features::extract(&sam, lora.as_ref(), &prepared.input, a.rescale)?;
+        let metadata = features::metadata(&sam, a.preprocess, &prepared, &adapter);
+        write_safetensors(out, &f.named(), metadata)
+    })?;
     eprintln!(
-        "wrote the features of {written} image{} to {}{}",
-        if written == 1 { "" } else { "s" },
-        a.out.display(),
-        if failed.is_empty() {
-            String::new()
-        } else {
-            format!(" ({} skipped)", failed.len())
-        }
+        "wrote the features of {} image{} to {}",
+        written.len(),
+        if written.len() == 1 { "" } else { "s" },
+        a.out.display()
     );
     Ok(())
 }

@@ -1,9 +1,13 @@
 //! The images a command reads one by one (`features`, `segment`): one file, or every image of a
-//! folder, each with its output file.
+//! folder, each with its output file, and the loop over them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context};
+
+use super::progress::Terminal;
+use wesam::progress::Progress;
 
 /// Image files a folder input is read for.
 const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
@@ -72,4 +76,55 @@ fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Runs `each` on every (image, output) pair with a progress bar (`what` names the command),
+/// and returns the results of the images that worked, in order. With one image, its error is
+/// the command's; in a folder, a failed image is skipped and listed. Ctrl-C stops before the
+/// next image (every file written is whole); a run in which no image worked fails.
+pub fn for_each<T>(
+    jobs: &[(PathBuf, PathBuf)],
+    what: &str,
+    mut each: impl FnMut(usize, &Path, &Path) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let terminal = Terminal::default();
+    let interrupt = super::interrupt::flag("stopping before the next image...");
+    terminal.begin(what, jobs.len(), 0);
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for (index, (image, out)) in jobs.iter().enumerate() {
+        if interrupt.load(Ordering::SeqCst) {
+            break;
+        }
+        match each(index, image, out) {
+            Ok(v) => done.push(v),
+            Err(e) if jobs.len() == 1 => {
+                terminal.end(false);
+                return Err(e);
+            }
+            Err(e) => failed.push(format!("{}: {e:#}", image.display())),
+        }
+        terminal.advance("");
+    }
+    terminal.end(!done.is_empty());
+    for f in &failed {
+        eprintln!("skipped {f}");
+    }
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(super::interrupt::Stopped(format!(
+            "interrupted after {} of {} images (each file written is whole)",
+            done.len(),
+            jobs.len()
+        ))
+        .into());
+    }
+    if done.is_empty() {
+        bail!(
+            "nothing written: every one of the {} images failed",
+            jobs.len()
+        );
+    }
+    if !failed.is_empty() {
+        eprintln!("{} of {} images skipped", failed.len(), jobs.len());
+    }
+    Ok(done)
 }

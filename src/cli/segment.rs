@@ -2,16 +2,13 @@
 //! generator's algorithm (`wesam::amg`), written as SA-1B-style JSON with COCO RLE masks.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use serde::Serialize;
 
 use super::args::ModelArgs;
-use super::progress::Terminal;
 use wesam::amg::{generate, AmgConfig, MaskRecord};
-use wesam::progress::Progress;
 
 #[derive(clap::Args, Debug)]
 pub struct SegmentArgs {
@@ -145,58 +142,21 @@ pub fn run(a: SegmentArgs) -> anyhow::Result<()> {
         }
     }
     let (sam, lora, _) = a.model.load()?;
-    let terminal = Terminal::default();
-    let interrupt = super::interrupt::flag("stopping before the next image...");
-    terminal.begin("segment", jobs.len(), 0);
-    let (mut written, mut masks, mut empty) = (0, 0, 0);
-    let mut failed = Vec::new();
-    for (index, (image_path, out)) in jobs.iter().enumerate() {
-        if interrupt.load(Ordering::SeqCst) {
-            break;
+    let counts = super::images::for_each(&jobs, "segment", |index, image_path, out| {
+        let image = wesam::io::read_rgb(image_path)?;
+        let records = generate(&sam, lora.as_ref(), &image, &cfg)?;
+        write_json(out, index, image_path, &image, &records)?;
+        if a.png {
+            write_pngs(out, &image, &records)?;
         }
-        let result = (|| -> anyhow::Result<usize> {
-            let image = wesam::io::read_rgb(image_path)?;
-            let records = generate(&sam, lora.as_ref(), &image, &cfg)?;
-            write_json(out, index, image_path, &image, &records)?;
-            if a.png {
-                write_pngs(out, &image, &records)?;
-            }
-            Ok(records.len())
-        })();
-        match result {
-            Ok(n) => {
-                written += 1;
-                masks += n;
-                empty += usize::from(n == 0);
-                terminal.advance(&format!("{n} masks"));
-            }
-            Err(e) if jobs.len() == 1 => return Err(e),
-            Err(e) => {
-                failed.push(format!("{}: {e:#}", image_path.display()));
-                terminal.advance("");
-            }
-        }
-    }
-    terminal.end(written > 0);
-    for f in &failed {
-        eprintln!("skipped {f}");
-    }
-    if interrupt.load(Ordering::SeqCst) {
-        return Err(super::interrupt::Stopped(format!(
-            "interrupted after {written} of {} images (each file written is whole)",
-            jobs.len()
-        ))
-        .into());
-    }
-    if written == 0 {
-        bail!(
-            "nothing written: every one of the {} images failed",
-            jobs.len()
-        );
-    }
+        Ok(records.len())
+    })?;
+    let empty = counts.iter().filter(|&&n| n == 0).count();
     eprintln!(
-        "{masks} masks in {written} image{} written to {}",
-        if written == 1 { "" } else { "s" },
+        "{} masks in {} image{} written to {}",
+        counts.iter().sum::<usize>(),
+        counts.len(),
+        if counts.len() == 1 { "" } else { "s" },
         a.out.display()
     );
     if empty > 0 {
