@@ -197,7 +197,7 @@ impl Candidates {
         for crop in &self.per_crop {
             let kept: Vec<Candidate> = crop
                 .iter()
-                .filter(|m| passes(cfg, m.iou, m.stability))
+                .filter(|m| passes(cfg, m.iou, || m.stability))
                 .cloned()
                 .collect();
             let boxes: Vec<XyxyBox> = kept.iter().map(|m| m.bbox).collect();
@@ -235,10 +235,9 @@ impl Candidates {
 
 /// Whether a mask's scores pass `cfg`'s thresholds (a threshold of 0 or below is off; a NaN
 /// stability, no pixel above −offset, is below every threshold).
-fn passes(cfg: &AmgConfig, iou: f64, stability: f64) -> bool {
-    let stable = stability >= cfg.stability_score_thresh;
+fn passes(cfg: &AmgConfig, iou: f64, stability: impl FnOnce() -> f64) -> bool {
     (cfg.pred_iou_thresh <= 0.0 || iou > cfg.pred_iou_thresh)
-        && (cfg.stability_score_thresh <= 0.0 || stable)
+        && (cfg.stability_score_thresh <= 0.0 || stability() >= cfg.stability_score_thresh)
 }
 
 impl Candidate {
@@ -317,10 +316,13 @@ fn process_crop(
             for j in 0..k {
                 let iou = f64::from(ious[i][j]);
                 let map = &logits[i][j];
-                let stability = stability_score(map, cfg.stability_score_offset);
-                if !passes(cfg, iou, stability) {
+                // The stability (a pass over the full-size map) only for masks the IoU keeps.
+                let score = || stability_score(map, cfg.stability_score_offset);
+                let mut stability = None;
+                if !passes(cfg, iou, || *stability.insert(score())) {
                     continue;
                 }
+                let stability = stability.unwrap_or_else(score);
                 let mask: Vec<bool> = map.iter().map(|&v| v > 0.0).collect();
                 let bbox = mask_box(&mask, ch, cw);
                 if near_crop_edge(bbox, crop, image_box) {
