@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Prompt-free instance segmentation before and after adaptation (README's table): the bundled
-# source model with its three outputs trained (`wesam train --multimask` on mixed prompts: single
-# points train the three outputs, boxes the single one, which prompted adaptation uses), then
+# source model with its three outputs trained (models/source-synth-amg.safetensors, phase 3 of
+# scripts/train_source_model.sh: `wesam train --multimask` on mixed prompts, single points
+# training the three outputs, boxes the single one, which prompted adaptation uses), then
 # adapted by WeSAM to the camouflage domain with box prompts; each
 # scored by `wesam eval --prompt none --auto` (the automatic mask generator at the official
 # defaults, its masks matched to the instances) on the source and camouflage test splits; then
 # with the thresholds `--calibrate` picks on camouflage's validation split. 11 minutes on 2 CPU
-# cores.
+# cores when it trained that model itself.
 #   bash scripts/amg_bench.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,21 +16,17 @@ cargo build --release
 wesam=target/release/wesam
 rm -rf "$out"
 mkdir -p "$out"
-# The domain-shift suite's data: source seed 99, camouflage seed 103; training source seed 1.
-"$wesam" synth --domain source --count 400 --seed 1 --out "$out/train-source" --json > /dev/null
+# The domain-shift suite's data: source seed 99, camouflage seed 103.
 "$wesam" synth --domain source --count 200 --seed 99 --out "$out/source" --json > /dev/null
 "$wesam" synth --domain camouflage --count 200 --seed 103 --out "$out/camouflage" --json > /dev/null
-"$wesam" train --checkpoint models/source-synth.safetensors --dataset "$out/train-source" \
-    --prompt mixed --positive-points 1 --negative-points 0 --multimask --trainable decoder \
-    --optimizer adamw --lr 1e-3 --epochs 3 --batch-size 2 --eval-limit 40 \
-    --out "$out/multimask" --json > /dev/null
+multimask=models/source-synth-amg.safetensors
 "$wesam" adapt --config configs/synth.toml --dataset "$out/camouflage" --prompt box \
-    --checkpoint "$out/multimask/merged.safetensors" --out "$out/adapted" --json > /dev/null
+    --checkpoint "$multimask" --out "$out/adapted" --json > /dev/null
 score() {  # model dataset [extra flags]: one JSON line
     "$wesam" eval --checkpoint "$1" --dataset "$2" --prompt none --auto --json "${@:3}"
 }
 for model in multimask adapted; do
-    ck="$out/$model/merged.safetensors"
+    if [ "$model" = multimask ]; then ck="$multimask"; else ck="$out/adapted/merged.safetensors"; fi
     for domain in source camouflage; do
         echo "{\"model\": \"$model\", \"domain\": \"$domain\", \"report\": $(score "$ck" "$out/$domain" --split test)}"
     done

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds wesam with `--features cuda` on any Linux x86-64 machine, GPU or not, and checks the
 # binary: it links against the CUDA libraries, starts, and refuses `--device cuda` cleanly where
-# no GPU can be opened. `.ci/run` runs it so that the GPU build never rots.
+# no GPU can be opened. Where MPI is installed it first builds `--features nccl` too (NCCL
+# between GPU ranks; wesam-nccl beside the binary) and checks that it links libnccl and MPI.
+# `.ci/run` runs it so that the GPU build never rots.
 #
 #   bash scripts/build_cuda.sh          # CI: the toolkit's compiler plus link stubs (≈ 127 MB)
-#   bash scripts/build_cuda.sh --full   # also the real cuBLAS, cuRAND and NVRTC (≈ 680 MB): a
-#                                       # binary that runs on a GPU whose driver supports CUDA 13.4
+#   bash scripts/build_cuda.sh --full   # also the real cuBLAS, cuRAND, NVRTC and NCCL (≈ 900 MB):
+#                                       # binaries that run on GPUs whose driver supports CUDA 13.4
 #
 # What it needs (docs/gpu.md has the why): NVIDIA's `cuda-toolkit` wheels from PyPI (nvcc, the
 # runtime and CCCL of CUDA 13.4, installed in a virtual environment under $WESAM_CUDA_HOME);
@@ -28,6 +30,7 @@ case "${1:-}" in
 esac
 
 TOOLKIT=13.4.3              # CUDA 13.4: the newest cudarc 0.19 supports
+NCCL=2.32.6                 # nvidia-nccl-cu13 (cudarc 0.19 targets NCCL's API 2.30), with --full
 CUDARC=0.19.10              # as resolved by Cargo.lock; its declarations give the stub symbols
 home="${WESAM_CUDA_HOME:-$HOME/.cache/wesam/cuda-13.4}"
 target="${WESAM_CUDA_TARGET:-$HOME/.cache/wesam/target-cuda}"
@@ -42,6 +45,7 @@ if [ ! -f "$stamp" ]; then
   echo "build_cuda: installing cuda-toolkit[$extras]==$TOOLKIT into $home" >&2
   "$python" -m venv "$home"
   "$home/bin/pip" install --quiet "cuda-toolkit[$extras]==$TOOLKIT"
+  [ "$full" = 1 ] && "$home/bin/pip" install --quiet "nvidia-nccl-cu13==$NCCL"
   touch "$stamp"
 fi
 cu=$(echo "$home"/lib/python3*/site-packages/nvidia/cu13)
@@ -64,7 +68,9 @@ stub libcuda libcuda.so.1 "$sys/driver/sys/mod.rs"
 if [ "$full" = 1 ]; then
   (cd "$cu/lib" && for l in cublas cublasLt nvrtc; do ln -sf lib$l.so.13 lib$l.so; done \
     && ln -sf libcurand.so.10 libcurand.so)
+  ln -sf "$(echo "$home"/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2)" "$cu/lib/libnccl.so"
 else
+  stub libnccl libnccl.so.2 "$sys/nccl/sys/mod.rs"
   stub libcublas libcublas.so.13 "$sys/cublas/sys/mod.rs"
   stub libcublasLt libcublasLt.so.13 "$sys/cublaslt/sys/mod.rs"
   stub libcurand libcurand.so.10 "$sys/curand/sys/mod.rs"
@@ -74,6 +80,18 @@ fi
 # 3. The build. candle's kernels compile once per target directory (most of a cold build).
 export PATH="$cu/bin:$PATH" CUDA_HOME="$cu" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
+nccl_bin=""
+if command -v mpirun > /dev/null; then
+  CARGO_TARGET_DIR="$target" cargo build --release --locked --features nccl
+  nccl_bin="$target/release/wesam-nccl"
+  cp "$target/release/wesam" "$nccl_bin"
+  needed=$(readelf -d "$nccl_bin" | grep NEEDED)
+  for lib in libnccl.so.2 libmpi.so libcuda.so.1; do
+    grep -q "$lib" <<<"$needed" || { echo "build_cuda: wesam-nccl does not link $lib" >&2; exit 1; }
+  done
+else
+  echo "build_cuda: no MPI here (mpirun): the nccl feature is not built" >&2
+fi
 CARGO_TARGET_DIR="$target" cargo build --release --locked --features cuda
 bin="$target/release/wesam"
 built=$(date +%s)
@@ -96,6 +114,7 @@ else
   libs="$run_dir:$cu/lib"
 fi
 LD_LIBRARY_PATH="$libs" "$bin" --help >/dev/null
+[ -z "$nccl_bin" ] || LD_LIBRARY_PATH="$libs" "$nccl_bin" --help > /dev/null
 if [ "$libs" != "$cu/lib" ]; then
   set +e
   out=$(LD_LIBRARY_PATH="$libs" "$bin" bench forward --model-type vit-b --image-size 64 \

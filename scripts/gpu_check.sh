@@ -10,7 +10,10 @@
 # 3. times one ViT-B WeSAM step at 1024² in f32 and in bf16, and PyTorch's reference step
 #    (scripts/bench_torch.py), each with its peak GPU memory (nvidia-smi, sampled every 100 ms);
 # 4. measures evaluation throughput (images/s, box prompts) of `wesam eval` and of the official
-#    SamPredictor (scripts/eval_torch.py) on the same generated images and random ViT-B weights.
+#    SamPredictor (scripts/eval_torch.py) on the same generated images and random ViT-B weights;
+# 5. where MPI and the NCCL build (wesam-nccl of scripts/build_cuda.sh --full) are there, a
+#    one-rank NCCL job: `mpirun -np 1 wesam-nccl adapt --dist nccl` builds the communicator,
+#    checks it with an all-gather on the GPU and trains an epoch of the small bundled model.
 #
 # Writes OUT_DIR/results.json (every measurement), OUT_DIR/table.md (the summary) and the logs.
 # The Python side (torch, torchvision, segment-anything) is installed into a virtual environment
@@ -122,6 +125,25 @@ if [ -f "$ckpt" ] && [ -d "$data/images" ]; then
     --device "$device"
 fi
 
+# --- 5. NCCL, one rank ------------------------------------------------------------------------------
+nccl_bin="${CARGO_TARGET_DIR:-target}/release/wesam-nccl"
+if [ "$device" = cuda ] && [ -x "$nccl_bin" ] && command -v mpirun > /dev/null; then
+  log "NCCL: one rank"
+  nccl_lib=$(echo "${WESAM_CUDA_HOME:-$HOME/.cache/wesam/cuda-13.4}"/lib/python3*/site-packages/nvidia/nccl/lib)
+  "$bin" synth --domain source --count 8 --seed 3 --out "$out/nccl-data" > /dev/null 2>&1
+  if LD_LIBRARY_PATH="$nccl_lib:${LD_LIBRARY_PATH:-}" mpirun --allow-run-as-root -x LD_LIBRARY_PATH \
+      -np 1 "$nccl_bin" adapt --dist nccl --device cuda --dataset "$out/nccl-data" \
+      --checkpoint models/source-synth.safetensors --prompt box --epochs 1 --eval-limit 1 \
+      --out "$out/nccl-run" > "$out/nccl.log" 2>&1; then
+    echo '{"label": "nccl-one-rank", "passed": true}' >> "$out/results.json"
+  else
+    echo '{"label": "nccl-one-rank", "passed": false}' >> "$out/results.json"
+    stage_failed "nccl"
+  fi
+else
+  log "NCCL: skipped (needs a GPU, mpirun and the wesam-nccl build of build_cuda.sh --full)"
+fi
+
 # --- the summary ---------------------------------------------------------------------------------
 "$python" - "$out" "$device" "$size" "${failed[*]:-}" <<'EOF' | tee "$out/table.md"
 import json, sys
@@ -155,6 +177,8 @@ print("\n| evaluation (box prompts) | images | images/s |\n|---|---|---|")
 for label in ["eval-pytorch", "eval-wesam"]:
     d = rows.get(label)
     print(f"| {label} | {d['images']} | {d['images_per_second']:.2f} |" if d else f"| {label} | failed | |")
+nccl = rows.get("nccl-one-rank")
+print("\nNCCL, one rank: " + ("skipped" if nccl is None else "passed" if nccl["passed"] else "FAILED (nccl.log)"))
 parity = open(f"{out}/parity.log").read()
 print("\nparity tests: " + ("passed" if "test result: ok" in parity else "FAILED (parity.log)"))
 if failed:

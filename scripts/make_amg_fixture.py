@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """Parity fixture for `wesam segment` (`src/amg/`): the official `SamAutomaticMaskGenerator` on a
-small model with trained multimask outputs (``tests/fixtures/amg/model.safetensors``, loaded
+small model with trained multimask outputs (``models/source-synth-amg.safetensors``, loaded
 into the official `Sam`) and a generated source-domain image.
 
 The model is the bundled source model (models/source-synth.safetensors) after three
-decoder-only epochs of `wesam train --multimask` on single-point prompts (the bundled model's
-three outputs were never trained, and the official generator finds nothing with it):
+decoder-only epochs of `wesam train --multimask` with mixed prompts (the bundled model's three
+outputs were never trained, and the official generator finds nothing with it); phase 3 of
+scripts/train_source_model.sh makes it:
 
   wesam synth --domain source --count 400 --seed 1 --out /tmp/src400
-  wesam train --checkpoint models/source-synth.safetensors --dataset /tmp/src400 --prompt point \
+  wesam train --checkpoint models/source-synth.safetensors --dataset /tmp/src400 --prompt mixed \
       --positive-points 1 --negative-points 0 --multimask --trainable decoder --optimizer adamw \
       --lr 1e-3 --epochs 3 --batch-size 2 --eval-limit 40 --out /tmp/mm
-  cp /tmp/mm/merged.safetensors tests/fixtures/amg/model.safetensors
+  cp /tmp/mm/merged.safetensors models/source-synth-amg.safetensors
 
 Writes ``tests/fixtures/amg/``: ``image.png`` (128 x 128, ``wesam synth --domain source --seed
-5``'s first image, copied from --image) and ``cases.json``: for each case, the generator's
+5``'s eighth image, ``images/00007.png``, on which the defaults find 5 masks; copied from --image) and ``cases.json``: for each case, the generator's
 settings and its records in the order it returns them (COCO compressed RLE ``segmentation``,
 ``area``, ``bbox``, ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``).
 ``defaults`` is the generator as shipped; ``lenient`` lowers its thresholds (more masks); ``crops`` adds a crop
@@ -22,7 +23,7 @@ layer, its downscaled grid and the small-region cleanup. Needs torch, segment-an
 returns is encoded as pycocotools' ``rleToString`` does (checked against pycocotools when it
 is installed).
 
-Usage: python3 scripts/make_amg_fixture.py --image /tmp/source/images/00000.png
+Usage: python3 scripts/make_amg_fixture.py --image /tmp/source/images/00007.png
 """
 
 import argparse
@@ -49,7 +50,7 @@ except ImportError:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "amg")
-MODEL = os.path.join(OUT, "model.safetensors")
+MODEL = os.path.join(ROOT, "models", "source-synth-amg.safetensors")
 CASES = {
     "defaults": dict(),
     "lenient": dict(pred_iou_thresh=0.5, stability_score_thresh=0.8, box_nms_thresh=0.9),

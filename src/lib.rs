@@ -10,6 +10,7 @@ pub mod adapt;
 pub mod amg;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod io;
 pub mod model;

@@ -7,16 +7,26 @@ fn main() {
     serial_elementwise_kernels();
     fixed_matmul_threads();
     if let Err(e) = cli::run() {
-        if e.downcast_ref::<wesam::adapt::trainer::Interrupted>()
-            .is_some()
-            || e.downcast_ref::<cli::interrupt::Stopped>().is_some()
-        {
-            // Stopped by Ctrl-C (a run after a checkpoint): the shell's code for an interrupt.
-            eprintln!("{e}");
-            std::process::exit(130);
+        let code = exit_code(&e);
+        match code {
+            130 => eprintln!("{e}"),
+            _ => eprintln!("error: {}", one_line(&e)),
         }
-        eprintln!("error: {}", one_line(&e));
-        std::process::exit(1);
+        std::process::exit(code);
+    }
+}
+
+/// The exit status of a failed command: the shell's code for an interrupt (130) when it was
+/// stopped by Ctrl-C (a run after a checkpoint), else 1.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    let stopped = e
+        .downcast_ref::<wesam::adapt::trainer::Interrupted>()
+        .is_some()
+        || e.downcast_ref::<cli::interrupt::Stopped>().is_some();
+    if stopped {
+        130
+    } else {
+        1
     }
 }
 

@@ -1,7 +1,8 @@
 //! `wesam adapt` end to end on the tiny random SAM and a generated dataset: every adapter tensor
 //! trains, the anchor (base weights) does not change, the merged weights are base + BA and load
 //! back, a run that crashed between checkpoints and was resumed ends bit for bit where an
-//! uninterrupted run ends, and the weak-label selection keeps the epoch it scores best.
+//! uninterrupted run ends, and the weak-label selection keeps the epoch it scores best; `--auto`
+//! adds the prompt-free scores `wesam eval --prompt none --auto` gives.
 
 mod common;
 
@@ -149,26 +150,6 @@ fn adaptation_trains_every_adapter_and_resumes_bit_for_bit() {
     }
 }
 
-/// Image `index` of the generated source domain (seed 5) at 64², with its instances.
-fn synth_sample(index: u64) -> wesam::data::Sample {
-    use wesam::data::mask::{bounding_box, instances_by_value};
-    use wesam::data::synth::{render, Domain};
-    let (image, labels) = render(Domain::Source, 5, index, 64).unwrap();
-    let instances = instances_by_value(&labels)
-        .into_iter()
-        .filter_map(|mask| {
-            let bbox = bounding_box(&mask)?;
-            Some(wesam::data::Instance { mask, bbox })
-        })
-        .collect();
-    wesam::data::Sample {
-        id: index.to_string(),
-        image_path: "<generated>".into(),
-        image,
-        instances,
-    }
-}
-
 /// A batch's gradients, which `batch_gradients` takes image by image on parallel threads, equal
 /// those of the batch's summed loss differentiated as one graph, for every adapter tensor.
 #[test]
@@ -176,7 +157,7 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     use wesam::adapt::config::AdaptConfig;
     use wesam::adapt::losses::PixelBalance;
-    use wesam::adapt::step::{batch_gradients, image_loss, StepModels};
+    use wesam::adapt::step::{batch_gradients, image_loss, StepModels, StepSample};
 
     let dev = Device::Cpu;
     let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
@@ -201,31 +182,36 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
         lora: Some(&lora),
         teacher: Some(&lora),
     };
-    let samples: Vec<_> = (0..3).map(synth_sample).collect();
-    assert!(samples.iter().all(|s| !s.instances.is_empty()));
+    let samples: Vec<_> = (0..3).map(common::synth_sample).collect();
+    assert!(samples
+        .iter()
+        .all(|s| !s.instances.is_empty() && s.instances.len() <= cfg.train.max_instances));
+    let mut batch: Vec<StepSample> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StepSample {
+            sample: s.clone(),
+            seed: 11 + i as u64,
+            position: i,
+        })
+        .collect();
 
-    let (got, log) = batch_gradients(
-        &cfg,
-        models,
-        &mut samples.clone(),
-        &tensors,
-        &mut StdRng::seed_from_u64(11),
-    )
-    .unwrap()
-    .unwrap();
+    let (got, log) = batch_gradients(&cfg, models, &mut batch, &tensors)
+        .unwrap()
+        .unwrap();
 
-    // The same batch by hand: one seed per image, in order, and one backward of the sum.
-    let mut rng = StdRng::seed_from_u64(11);
+    // The same batch by hand: each image's loss seeded from its own stream (no instance cap
+    // draws, as no image has too many), and one backward of the sum.
     let n_total: usize = samples.iter().map(|s| s.instances.len()).sum();
     let mut total: Option<Tensor> = None;
-    for s in &samples {
+    for (i, s) in samples.iter().enumerate() {
         let loss = image_loss(
             &cfg,
             models,
             s,
             n_total,
             PixelBalance::default(),
-            rng.random(),
+            StdRng::seed_from_u64(11 + i as u64).random(),
         )
         .unwrap()
         .total;
@@ -421,4 +407,120 @@ fn self_training_with_the_sam_adapter_adapter_trains_it_and_resumes_bit_for_bit(
         &crashed.join("merged.safetensors"),
         "resumed",
     );
+}
+
+/// `--auto` adds the prompt-free scores (the automatic mask generator at its defaults) of the
+/// starting and the adapted model on the run's evaluation split and limit to the final table and
+/// the JSON: the same as `wesam eval --prompt none --auto` gives for the starting checkpoint and
+/// for the run's merged weights; it is accepted beside `--resume`. The model is the bundled one
+/// with its multimask outputs trained, which finds objects of source images at the defaults (of
+/// these four, in the fourth).
+#[test]
+fn auto_scores_the_starting_and_adapted_models_without_prompts() {
+    let root = common::scratch();
+    let data = root.path().join("auto-data");
+    let o = common::wesam(&[
+        "synth",
+        "--domain",
+        "source",
+        "--count",
+        "8",
+        "--seed",
+        "5",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/source-synth-amg.safetensors");
+    let out = root.path().join("auto");
+    let o = common::wesam(&[
+        "adapt",
+        "--dataset",
+        data.to_str().unwrap(),
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--prompt",
+        "box",
+        "--epochs",
+        "1",
+        "--loss-resolution",
+        "low",
+        "--lr",
+        "1e-2",
+        "--select",
+        "last",
+        "--train-limit",
+        "2",
+        "--eval-split",
+        "train",
+        "--eval-limit",
+        "4",
+        "--auto",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("without prompts"),
+        "{}",
+        common::stderr(&o)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["adapted"]["miou"].is_number(), "{report}");
+    let eval_auto = |checkpoint: &Path| {
+        let o = common::wesam(&[
+            "eval",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--split",
+            "train",
+            "--limit",
+            "4",
+            "--prompt",
+            "none",
+            "--auto",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["auto"].clone()
+    };
+    let same = |what: &str, got: &serde_json::Value, want: &serde_json::Value| {
+        assert_eq!(got["images"], 4, "{what}: {got}");
+        assert_eq!(got["images"], want["images"], "{what}");
+        assert_eq!(got["instances"], want["instances"], "{what}");
+        for key in ["matched_iou", "recall_50", "recall_75", "f1_50", "masks"] {
+            let (g, w) = (
+                got["scores"][key].as_f64().unwrap(),
+                want["scores"][key].as_f64().unwrap(),
+            );
+            assert!(g.is_finite() && g >= 0.0, "{what} {key}: {g}");
+            if key != "masks" {
+                assert!(g <= 1.0, "{what} {key}: {g}");
+            }
+            assert!((g - w).abs() < 1e-6, "{what} {key}: adapt {g}, eval {w}");
+        }
+    };
+    let direct = eval_auto(&model);
+    same("direct", &report["auto_direct"], &direct);
+    assert!(
+        direct["scores"]["matched_iou"].as_f64().unwrap() > 0.0,
+        "{direct}"
+    );
+    let adapted = eval_auto(&out.join("merged.safetensors"));
+    same("adapted", &report["auto_adapted"], &adapted);
+
+    let o = common::wesam(&[
+        "adapt",
+        "--resume",
+        out.to_str().unwrap(),
+        "--auto",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    same("resumed", &resumed["auto_adapted"], &adapted);
 }

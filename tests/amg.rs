@@ -1,6 +1,6 @@
 //! `wesam segment`'s generator against the official `SamAutomaticMaskGenerator` (fixture:
-//! `scripts/make_amg_fixture.py`, a small model with trained multimask outputs and a generated
-//! image): for each case, the same number of masks in the same order, every RLE string equal,
+//! `scripts/make_amg_fixture.py` on `models/source-synth-amg.safetensors`, the bundled model with
+//! its multimask outputs trained, and a generated image): for each case, the same number of masks in the same order, every RLE string equal,
 //! boxes, areas, points and crop boxes equal, and the scores within 1e-4.
 
 use std::path::PathBuf;
@@ -13,6 +13,12 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/amg")
         .join(name)
+}
+
+/// The model of the fixture: the bundled one with its three multimask outputs trained (phase 3
+/// of `scripts/train_source_model.sh`).
+fn model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/source-synth-amg.safetensors")
 }
 
 /// The official generator's settings of a case, as wesam's configuration.
@@ -28,7 +34,7 @@ fn settings(v: &serde_json::Value) -> AmgConfig {
 fn masks_match_the_official_generator() {
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("cases.json")).unwrap()).unwrap();
-    let sam = Sam::load(&fixture("model.safetensors"), None, None, &Device::Cpu).unwrap();
+    let sam = Sam::load(&model(), None, None, &Device::Cpu).unwrap();
     let image = image::open(fixture("image.png")).unwrap().to_rgb8();
     for (name, case) in cases.as_object().unwrap() {
         let cfg = settings(&case["settings"]);
@@ -66,7 +72,7 @@ fn masks_match_the_official_generator() {
 fn the_command_writes_sa1b_json() {
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("masks.json");
-    let model = fixture("model.safetensors");
+    let model = model();
     let image = fixture("image.png");
     let run = |extra: &[&str]| {
         let mut args = vec![
@@ -166,7 +172,7 @@ fn eval_auto_scores_and_calibrates() {
         data.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let model = fixture("model.safetensors");
+    let model = model();
     let eval = |extra: &[&str]| {
         let mut args = vec![
             "eval",

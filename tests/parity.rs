@@ -389,14 +389,8 @@ fn end_to_end_predictor_on_a_non_square_image() {
         .to_rgb8();
     let (input, frame) = transforms::preprocess(&img, 128, Preprocessing::Sam, &device()).unwrap();
     assert_eq!(frame.original, (90, 130));
-    // The resize is `image`'s antialiased bilinear filter in f32, PIL's in uint8 fixed point:
-    // they may differ by one grey level (1/57.12 after normalisation).
-    assert_close(
-        "predict.input",
-        &input,
-        &c["predict.input"],
-        1.0 / 57.12 + 1e-5,
-    );
+    // The resize is PIL's, bit for bit: only the normalisation's rounding differs.
+    assert_close("predict.input", &input, &c["predict.input"], 1e-5);
 
     // From the official predictor's own input, every later step must match to 1e-4.
     for (key, multi) in [("predict", false), ("predict_multi", true)] {
@@ -462,11 +456,11 @@ fn reference_preprocessing_centres_and_skips_normalisation() {
     let (input, frame) =
         transforms::preprocess(&img, 128, Preprocessing::Reference, &device()).unwrap();
     assert_eq!(frame.offset, (19, 0));
-    // One grey level at most, as above.
+    // The same resize, bit for bit.
     assert_close(
         "ref_preprocess.input",
         &input,
         &c["ref_preprocess.input"],
-        1.0 / 255.0 + 1e-6,
+        1e-6,
     );
 }

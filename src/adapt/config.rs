@@ -231,7 +231,11 @@ impl Selection {
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub epochs: usize,
+    /// Images per optimiser step on each rank.
     pub batch_size: usize,
+    /// The job's ranks (`mpirun -np N`), each training `batch_size` images of every step: set
+    /// from the launcher when a run starts, and required again by `--resume`.
+    pub ranks: usize,
     /// At most this many instances per batch (random ones are kept).
     pub max_instances: usize,
     pub optimizer: OptimizerKind,
@@ -257,11 +261,19 @@ pub struct TrainConfig {
     pub multimask: bool,
 }
 
+impl TrainConfig {
+    /// Images per optimiser step over all ranks.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size.max(1) * self.ranks.max(1)
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 5,
             batch_size: 1,
+            ranks: 1,
             max_instances: 50,
             optimizer: OptimizerKind::Adam,
             lr: 1e-4,
@@ -355,6 +367,7 @@ impl AdaptConfig {
                 "--batch-size",
                 "at least 1",
             ),
+            (t.ranks >= 1, "train.ranks", "mpirun -np", "at least 1"),
             (
                 t.max_instances >= 1,
                 "train.max_instances",
@@ -449,7 +462,7 @@ impl AdaptConfig {
     /// epoch is chosen by them; `wesam-reference` keeps the reference's values.
     pub fn effective(&self, train_images: usize) -> Self {
         let mut c = self.clone();
-        let steps = c.train.epochs * train_images.div_ceil(c.train.batch_size.max(1));
+        let steps = c.train.epochs * train_images.div_ceil(c.train.global_batch());
         c.train
             .schedule
             .warmup_steps
@@ -491,7 +504,14 @@ impl AdaptConfig {
             kebab(&self.objective),
             kebab(&self.profile),
             t.epochs,
-            t.batch_size,
+            match t.ranks {
+                1 => t.batch_size.to_string(),
+                r => format!(
+                    "{} ({} per rank on {r} ranks)",
+                    t.global_batch(),
+                    t.batch_size
+                ),
+            },
             kebab(&t.optimizer),
             t.lr,
             t.schedule.warmup_steps.unwrap_or(REFERENCE_WARMUP_STEPS),

@@ -2,7 +2,8 @@
 //!
 //! [`config`] is a run's configuration; [`losses`] holds every WeSAM loss as a differentiable
 //! candle function and the per-image objectives, whose terms travel as [`loss_terms`]; [`step`]
-//! the views, prompts and model passes of one step; [`optim`] the Adam variants with resumable
+//! the views, prompts and model passes of one step; [`data_parallel`] a step's
+//! share of a rank in a job of several; [`optim`] the Adam variants with resumable
 //! state and the learning-rate schedules; [`trainer`] the loop, which keeps its run in a
 //! [`run_dir`], its [`checkpoint`] and [`metrics`], trains what [`trained`] says (with an
 //! [`ema`] teacher if asked), keeps weights by [`selection`], stops when [`divergence`] says
@@ -10,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod divergence;
 pub mod ema;
 pub mod loss_terms;

@@ -37,11 +37,28 @@ pub enum Event<'a> {
     TrainSkipped { file: String, error: String },
     /// A step's loss was not finite; the step was skipped.
     NonFinite { loss: f64, step: usize },
+    /// An epoch's steps ended in a job of several ranks: the time they took, and how much of
+    /// it this rank spent exchanging gradients (waiting for the others included).
+    Exchange {
+        exchange: std::time::Duration,
+        steps: std::time::Duration,
+    },
     /// An epoch ended: its row, and what the selection score measures, if there is one.
     Epoch {
         row: &'a EpochRow,
         selection: Option<&'static str>,
     },
+}
+
+impl Event<'_> {
+    /// Whether the event reports a problem with the run's own share of the work (a skipped
+    /// file, a skipped step), which every rank of a job tells about its own.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Event::EvalSkipped { .. } | Event::TrainSkipped { .. } | Event::NonFinite { .. }
+        )
+    }
 }
 
 impl fmt::Display for Event<'_> {
@@ -68,6 +85,13 @@ impl fmt::Display for Event<'_> {
             Event::NonFinite { loss, step } => write!(
                 f,
                 "warning: non-finite loss ({loss}) at step {step}: step skipped"
+            ),
+            Event::Exchange { exchange, steps } => write!(
+                f,
+                "steps took {:.2} s, {:.2} s of it ({:.1} %) exchanging gradients",
+                steps.as_secs_f64(),
+                exchange.as_secs_f64(),
+                100.0 * exchange.as_secs_f64() / steps.as_secs_f64().max(1e-9)
             ),
             Event::Epoch { row, selection } => {
                 write!(

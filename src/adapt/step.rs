@@ -45,6 +45,25 @@ fn logged(loss: &ImageLoss) -> Result<LossTerms<f64>> {
     loss.try_map(|t| Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?))
 }
 
+/// A training image of a step and the seed of its random draws (which instances a cap keeps,
+/// its views and prompts): a function of the run's seed, the epoch and the image's index in the
+/// training split, never of the batch or the rank, so that the same images give the same
+/// gradients however a batch is split across ranks.
+pub struct StepSample {
+    pub sample: Sample,
+    pub seed: u64,
+    /// The image's position in the step's (global) batch.
+    pub position: usize,
+}
+
+/// The seed of training image `index`'s draws in `epoch` of a run seeded `seed`.
+pub fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+    let mut rng = StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((epoch as u64) << 32 | index as u64),
+    );
+    rng.random()
+}
+
 /// Keeps at most `max` random instances of a sample (the reference's `reduce_instances`).
 fn cap_instances(sample: &mut Sample, max: usize, rng: &mut StdRng) {
     if sample.instances.len() > max {
@@ -103,39 +122,63 @@ fn ground_truth(
     Ok(t.squeeze(1)?)
 }
 
-/// The gradients of the run's loss for a batch with respect to `vars`, summed over its images,
-/// and the loss terms; `None` when the batch has no instance. Draws the caps from `rng`, then,
-/// in order, one `u64` seed for each image that has instances, for [`image_loss`].
+/// A step's images made ready for their losses: instances capped (and merged into one for
+/// prompt-free training); the images left with instances, with their index in `samples` and
+/// the seed of their loss ([`image_loss`]).
+pub fn prepare_batch<'s>(
+    cfg: &AdaptConfig,
+    samples: &'s mut [StepSample],
+) -> Vec<(usize, &'s Sample, u64)> {
+    samples
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let rng = &mut StdRng::seed_from_u64(s.seed);
+            cap_instances(&mut s.sample, cfg.train.max_instances, rng);
+            if cfg.prompt == PromptKind::None {
+                s.sample.merge_instances();
+            }
+            let seed = rng.random();
+            (!s.sample.instances.is_empty()).then_some((i, &s.sample, seed))
+        })
+        .collect()
+}
+
+/// The instance count and the target pixels (for the balanced BCE) of prepared images: what
+/// every image's loss is normalised by, over the whole batch.
+pub fn batch_counts(
+    cfg: &AdaptConfig,
+    model: &Sam,
+    work: &[(usize, &Sample, u64)],
+) -> Result<(usize, PixelBalance)> {
+    let instances = work.iter().map(|(_, x, _)| x.instances.len()).sum();
+    let mut balance = PixelBalance::default();
+    if cfg.objective == Objective::Supervised
+        && cfg.losses.supervised == SupervisedLoss::BalancedBce
+    {
+        for &(_, sample, seed) in work {
+            let (_, _, gt) = supervised_view(cfg, model, sample, &mut StdRng::seed_from_u64(seed))?;
+            balance.add(PixelBalance::of(&gt)?);
+        }
+    }
+    Ok((instances, balance))
+}
+
+/// Each prepared image's gradients of `vars` and loss terms, in image order, its loss
+/// normalised by the batch's `n_total` instances and `balance`.
 ///
 /// Each image's loss is differentiated on its own and only the gradients of `vars` are kept,
 /// so an image's graph is freed as soon as it is done. On the CPU the images run in parallel:
 /// for small models one image cannot keep every core busy, and a batch spread over the cores
-/// trains several times faster; the sum is taken in image order, so the result does not depend
-/// on the scheduling.
-pub fn batch_gradients(
+/// trains several times faster.
+pub fn image_gradients(
     cfg: &AdaptConfig,
     models: StepModels,
-    samples: &mut [Sample],
+    work: &[(usize, &Sample, u64)],
+    (n_total, balance): (usize, PixelBalance),
     vars: &[Tensor],
-    rng: &mut StdRng,
-) -> Result<Option<(GradStore, LossTerms<f64>)>> {
-    for sample in samples.iter_mut() {
-        cap_instances(sample, cfg.train.max_instances, rng);
-        if cfg.prompt == PromptKind::None {
-            sample.merge_instances();
-        }
-    }
-    let n_total: usize = samples.iter().map(|x| x.instances.len()).sum();
-    if n_total == 0 {
-        return Ok(None);
-    }
-    let work: Vec<(&Sample, u64)> = samples
-        .iter()
-        .filter(|x| !x.instances.is_empty())
-        .map(|x| (x, rng.random()))
-        .collect();
-    let balance = batch_balance(cfg, models.model, &work)?;
-    let one = |&(sample, seed): &(&Sample, u64)| -> Result<(GradStore, LossTerms<f64>)> {
+) -> Result<Vec<(GradStore, LossTerms<f64>)>> {
+    let one = |&(_, sample, seed): &(usize, &Sample, u64)| -> Result<(GradStore, LossTerms<f64>)> {
         let loss = image_loss(cfg, models, sample, n_total, balance, seed)?;
         let log = logged(&loss)?;
         let all = loss.total.backward()?;
@@ -147,15 +190,31 @@ pub fn batch_gradients(
         }
         Ok((kept, log))
     };
-    let per_image: Vec<(GradStore, LossTerms<f64>)> =
-        if models.model.device.is_cpu() && work.len() > 1 {
-            on_single_threaded_pools(&work, one)?
-        } else {
-            work.iter().map(one).collect::<Result<_>>()?
-        };
+    if models.model.device.is_cpu() && work.len() > 1 {
+        on_single_threaded_pools(work, one)
+    } else {
+        work.iter().map(one).collect()
+    }
+}
+
+/// The gradients of `vars` for one step of a one-process run, summed over the batch's images
+/// in image order (so the result does not depend on the scheduling), and the summed loss
+/// terms; `None` when the batch has no instance.
+/// [`crate::adapt::data_parallel::replica_gradients`] is the same sum across ranks.
+pub fn batch_gradients(
+    cfg: &AdaptConfig,
+    models: StepModels,
+    samples: &mut [StepSample],
+    vars: &[Tensor],
+) -> Result<Option<(GradStore, LossTerms<f64>)>> {
+    let work = prepare_batch(cfg, samples);
+    let counts = batch_counts(cfg, models.model, &work)?;
+    if counts.0 == 0 {
+        return Ok(None);
+    }
     let mut grads = GradStore::default();
     let mut log = LossTerms::default();
-    for (g, l) in per_image {
+    for (g, l) in image_gradients(cfg, models, &work, counts, vars)? {
         grads.extend(g)?;
         log.add(&l);
     }
@@ -357,21 +416,6 @@ fn supervised_view(
     };
     let gt = ground_truth(&view.instances, &frame, side, &model.device)?;
     Ok((view, frame, gt))
-}
-
-/// The target pixels of a batch's images, each given with its seed: what the balanced BCE
-/// weighs by (no counts under the other losses, which do not read them).
-fn batch_balance(cfg: &AdaptConfig, model: &Sam, work: &[(&Sample, u64)]) -> Result<PixelBalance> {
-    let mut balance = PixelBalance::default();
-    if cfg.objective == Objective::Supervised
-        && cfg.losses.supervised == SupervisedLoss::BalancedBce
-    {
-        for &(sample, seed) in work {
-            let (_, _, gt) = supervised_view(cfg, model, sample, &mut StdRng::seed_from_u64(seed))?;
-            balance.add(PixelBalance::of(&gt)?);
-        }
-    }
-    Ok(balance)
 }
 
 /// One image's supervised loss: the model on the weak (flipped) view against its ground truth;

@@ -4,12 +4,14 @@
 //! writes the kept weights ([`Trainer::finish`]). Only the run's trained variables are
 //! optimised: LoRA adapters (the reference), the mask decoder, or every weight.
 //!
-//! Data order and augmentation randomness are functions of the seed and the step alone, so a
-//! resumed run ends with the same weights as an uninterrupted one.
+//! Data order is a function of the seed and the epoch, and an image's random draws of the seed,
+//! the epoch and its index, so a resumed run ends with the same weights as an uninterrupted one,
+//! and a job of several ranks (`RunControl::dist`) with the same weights as one process.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -20,16 +22,18 @@ use serde::Serialize;
 
 use super::checkpoint::{copy_vars, restore_vars, tensors_of, Checkpoint, RunState};
 use super::config::AdaptConfig;
+use super::data_parallel::{positions, replica_gradients};
 use super::ema::ema_update;
 use super::metrics::{write_metrics, Scores};
 use super::observer::{Event, Observer};
 use super::optim::Adam;
 use super::run_dir::RunDir;
 use super::selection::Selector;
-use super::step::batch_gradients;
+use super::step::{batch_gradients, sample_seed, StepSample};
 use super::trained::Trained;
 use crate::data::loader::load_parallel;
 use crate::data::{Dataset, Record};
+use crate::dist::Collective;
 use crate::eval::{evaluate, EvalConfig, EvalReport};
 use crate::model::{Lora, Sam};
 
@@ -52,6 +56,9 @@ pub struct RunControl<'a> {
     /// Stop abruptly after this many steps of this invocation, without a checkpoint (tests of
     /// resuming after a crash).
     pub crash_after: Option<usize>,
+    /// The job's ranks ([`crate::dist::Single`] for one process): rank 0 evaluates and writes;
+    /// every rank trains its share of each batch ([`super::data_parallel`]).
+    pub dist: &'a dyn Collective,
 }
 
 /// The run was stopped on request after a checkpoint; `--resume` continues it.
@@ -101,11 +108,6 @@ impl std::fmt::Display for Diverged {
 
 impl std::error::Error for Diverged {}
 
-/// The random stream of one step: a function of the seed and the step alone.
-fn step_rng(seed: u64, global_step: usize) -> StdRng {
-    StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ global_step as u64)
-}
-
 /// The order of the training records in an epoch.
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -134,6 +136,8 @@ pub struct Trainer<'a> {
     state: RunState,
     /// Steps run by this invocation (for `RunControl::crash_after`).
     steps_run: usize,
+    /// Time this epoch's steps spent exchanging gradients with the other ranks.
+    exchange: Duration,
 }
 
 impl<'a> Trainer<'a> {
@@ -182,15 +186,29 @@ impl<'a> Trainer<'a> {
             best: HashMap::new(),
             state: RunState::default(),
             steps_run: 0,
+            exchange: Duration::ZERO,
         })
     }
 
-    /// Runs the remaining epochs and writes the kept weights. A run that diverges stops,
-    /// writes the weights kept so far and ends in [`Diverged`].
-    pub fn fit(mut self, ctl: &RunControl) -> Result<Outcome> {
+    /// Runs the remaining epochs and writes the kept weights; what the run reports on rank 0,
+    /// `None` on the others. A run that diverges stops, writes the weights kept so far and ends
+    /// in [`Diverged`].
+    pub fn fit(mut self, ctl: &RunControl) -> Result<Option<Outcome>> {
+        let topology = ctl.dist.topology();
+        if topology.world != self.cfg.train.ranks {
+            bail!(
+                "{} is a run of {} ranks, and this job has {}: run it with `mpirun -np {}`, \
+                 so that its batches stay the same",
+                self.run.0.display(),
+                self.cfg.train.ranks,
+                topology.world,
+                self.cfg.train.ranks
+            );
+        }
+        let primary = topology.is_primary();
         if ctl.resume {
             self.resume()?;
-        } else {
+        } else if primary {
             let text = self.cfg.to_toml()?;
             crate::io::write_atomically(&self.run.config(), |tmp| Ok(std::fs::write(tmp, &text)?))?;
         }
@@ -198,13 +216,16 @@ impl<'a> Trainer<'a> {
             summary: self.cfg.summary(),
             config: self.run.config(),
         });
-        if self.state.direct.is_none() {
+        if self.state.direct.is_none() && primary {
             self.evaluate_start(ctl)?;
         }
         while self.state.epoch < self.cfg.train.epochs {
             if let Some(reason) = self.run_epoch(ctl)? {
                 let step = self.state.global_step;
-                let outcome = self.finish()?;
+                let outcome = self.finish(ctl)?;
+                let Some(outcome) = outcome else {
+                    bail!("training diverged at step {}: {reason}", step + 1);
+                };
                 return Err(Diverged {
                     step,
                     reason,
@@ -215,7 +236,7 @@ impl<'a> Trainer<'a> {
             }
             self.end_epoch(ctl)?;
         }
-        self.finish()
+        self.finish(ctl)
     }
 
     /// Restores the variables, the optimiser, the kept weights and the state from the
@@ -290,7 +311,7 @@ impl<'a> Trainer<'a> {
         let report = evaluate(model, frozen.as_ref(), samples, &cfg, self.observer);
         self.observer.end(report.is_ok());
         if ctl.interrupt.load(Ordering::SeqCst) {
-            self.save_checkpoint()?;
+            self.save_checkpoint(ctl)?;
             return Err(Interrupted(self.run.0.clone()).into());
         }
         let report = report?;
@@ -304,18 +325,16 @@ impl<'a> Trainer<'a> {
     /// returns why training diverged if it did (without a checkpoint of the diverged state).
     fn run_epoch(&mut self, ctl: &RunControl) -> Result<Option<String>> {
         let (cfg, s) = (&self.cfg, &mut self.state);
-        let batch = cfg.train.batch_size.max(1);
+        let batch = cfg.train.global_batch();
         let steps_per_epoch = self.train.len().div_ceil(batch);
         let order = epoch_order(self.train.len(), cfg.train.seed, s.epoch);
         let what = format!("epoch {}/{}", s.epoch + 1, cfg.train.epochs);
         self.observer.begin(&what, steps_per_epoch, s.step_in_epoch);
+        let started = Instant::now();
+        self.exchange = Duration::ZERO;
         while self.state.step_in_epoch < steps_per_epoch {
             let at = self.state.step_in_epoch * batch;
-            let records: Vec<Record> = order[at..(at + batch).min(order.len())]
-                .iter()
-                .map(|&i| self.train[i].clone())
-                .collect();
-            let step = self.step(&records);
+            let step = self.step(&order[at..(at + batch).min(order.len())], ctl);
             if step.is_err() {
                 self.observer.end(false);
             }
@@ -338,14 +357,22 @@ impl<'a> Trainer<'a> {
             let due = every > 0 && self.state.global_step.is_multiple_of(every);
             let interrupted = ctl.interrupt.load(Ordering::SeqCst);
             if due || interrupted {
-                self.save_checkpoint()?;
+                self.save_checkpoint(ctl)?;
             }
             if interrupted {
                 self.observer.end(false);
+                // The other ranks leave once rank 0's checkpoint is written.
+                ctl.dist.barrier();
                 return Err(Interrupted(self.run.0.clone()).into());
             }
         }
         self.observer.end(true);
+        if ctl.dist.topology().world > 1 {
+            self.observer.event(&Event::Exchange {
+                exchange: self.exchange,
+                steps: started.elapsed(),
+            });
+        }
         Ok(None)
     }
 
@@ -363,19 +390,33 @@ impl<'a> Trainer<'a> {
         Ok(sum.sqrt())
     }
 
-    /// One optimiser step on a batch; returns a status line for the progress display, or why
-    /// training diverged.
-    fn step(&mut self, records: &[Record]) -> Result<std::result::Result<String, String>> {
+    /// One optimiser step on the batch of the training records at `indexes` (this rank's share
+    /// of it); returns a status line for the progress display, or why training diverged.
+    fn step(
+        &mut self,
+        indexes: &[usize],
+        ctl: &RunControl,
+    ) -> Result<std::result::Result<String, String>> {
         if self.state.global_step == 0 {
             let norm = self.weights_norm()?;
             self.state.guard.start(norm);
         }
         let cfg = &self.cfg;
+        let mine: Vec<usize> = positions(ctl.dist, indexes.len()).collect();
+        let records: Vec<Record> = mine
+            .iter()
+            .map(|&p| self.train[indexes[p]].clone())
+            .collect();
         let mut samples = Vec::with_capacity(records.len());
         let chunk = cfg.train.batch_size.max(1);
-        for (record, sample) in load_parallel(self.dataset, records, chunk) {
+        let loaded = load_parallel(self.dataset, &records, chunk);
+        for ((record, sample), &position) in loaded.zip(&mine) {
             match sample {
-                Ok(x) => samples.push(x),
+                Ok(sample) => samples.push(StepSample {
+                    sample,
+                    seed: sample_seed(cfg.train.seed, self.state.epoch, indexes[position]),
+                    position,
+                }),
                 Err(e) => self.observer.event(&Event::TrainSkipped {
                     file: record.image.display().to_string(),
                     error: format!("{e:#}"),
@@ -387,7 +428,6 @@ impl<'a> Trainer<'a> {
             .train
             .schedule
             .lr(cfg.train.lr, s.global_step, (s.epoch, cfg.train.epochs));
-        let mut rng = step_rng(cfg.train.seed, s.global_step);
         // The EMA teacher is not trained: it runs on detached views of its weights.
         let ema_view = self.trained.ema.as_ref().map(Lora::frozen);
         let models = self.trained.step_models(self.sam, ema_view.as_ref());
@@ -398,7 +438,22 @@ impl<'a> Trainer<'a> {
             .map(|(_, v)| v.as_tensor().clone())
             .collect();
         let mut status = String::new();
-        match batch_gradients(cfg, models, &mut samples, &vars, &mut rng)? {
+        let gradients = if ctl.dist.topology().world == 1 {
+            batch_gradients(cfg, models, &mut samples, &vars)?
+        } else {
+            let batch = indexes.len();
+            replica_gradients(
+                cfg,
+                models,
+                &mut samples,
+                batch,
+                &vars,
+                ctl.dist,
+                ctl.interrupt,
+                &mut self.exchange,
+            )?
+        };
+        match gradients {
             Some((grads, log)) if log.total.is_finite() => {
                 self.opt.set_learning_rate(lr);
                 self.opt.step(&grads)?;
@@ -443,7 +498,8 @@ impl<'a> Trainer<'a> {
         Ok(Ok(status))
     }
 
-    /// Ends the epoch: evaluates, scores it for selection, logs it and checkpoints.
+    /// Ends the epoch: evaluates, scores it for selection, logs it and checkpoints (on rank 0;
+    /// the other ranks go on to the next epoch's steps, where they wait for it).
     fn end_epoch(&mut self, ctl: &RunControl) -> Result<()> {
         if self.state.partial.steps == 0 {
             bail!(
@@ -452,6 +508,12 @@ impl<'a> Trainer<'a> {
                 self.state.epoch + 1,
                 self.state.partial.skipped_steps
             );
+        }
+        if !ctl.dist.topology().is_primary() {
+            self.state.partial = Default::default();
+            self.state.epoch += 1;
+            self.state.step_in_epoch = 0;
+            return Ok(());
         }
         let model = self.trained.eval_model(self.sam);
         let lora = self.trained.kept_lora();
@@ -494,11 +556,23 @@ impl<'a> Trainer<'a> {
         self.state.epoch += 1;
         self.state.step_in_epoch = 0;
         self.write_metrics()?;
-        self.save_checkpoint()
+        self.save_checkpoint(ctl)
+    }
+
+    /// Restores the kept weights and writes the adapters and the merged model (on rank 0; every
+    /// rank returns once they are written).
+    fn finish(self, ctl: &RunControl) -> Result<Option<Outcome>> {
+        if !ctl.dist.topology().is_primary() {
+            ctl.dist.barrier();
+            return Ok(None);
+        }
+        let outcome = self.write_kept();
+        ctl.dist.barrier();
+        outcome.map(Some)
     }
 
     /// Restores the kept weights and writes the adapters and the merged model.
-    fn finish(self) -> Result<Outcome> {
+    fn write_kept(self) -> Result<Outcome> {
         if !self.best.is_empty() {
             restore_vars(
                 &self.trained.kept_vars(),
@@ -532,9 +606,12 @@ impl<'a> Trainer<'a> {
         write_metrics(&self.run.metrics(), direct, s.direct_selection, &s.rows)
     }
 
-    /// Writes the checkpoint: trained variables, EMA teacher, kept variables, optimiser state
-    /// and the run's state.
-    fn save_checkpoint(&self) -> Result<()> {
+    /// Writes the checkpoint (rank 0): trained variables, EMA teacher, kept variables,
+    /// optimiser state and the run's state.
+    fn save_checkpoint(&self, ctl: &RunControl) -> Result<()> {
+        if !ctl.dist.topology().is_primary() {
+            return Ok(());
+        }
         Checkpoint {
             params: tensors_of(&self.trained.vars()),
             ema: self

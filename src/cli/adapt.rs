@@ -7,17 +7,21 @@ use anyhow::{bail, Context};
 
 use super::args::DatasetArgs;
 use super::choice::{choice, default_name, name};
-use super::progress::Terminal;
+use super::progress::{Replica, Terminal};
 use wesam::adapt::config::{
     AdaptConfig, Init, LossResolution, Objective, OptimizerKind, Peft, Selection, Trainable,
 };
 use wesam::adapt::losses::{AnchorWeighting, SupervisedLoss};
+use wesam::adapt::observer::Observer;
 use wesam::adapt::run_dir::{RunDir, RunLock};
-use wesam::adapt::trainer::{RunControl, Trainer};
+use wesam::adapt::trainer::{Outcome, RunControl, Trainer};
+use wesam::amg::AmgConfig;
 use wesam::data::corrupt::Corruption;
 use wesam::data::prompts::PromptKind;
-use wesam::data::Split;
+use wesam::data::{Dataset, Record, Split};
 use wesam::device::DeviceKind;
+use wesam::dist::{broadcast_bytes, Collective, DistKind};
+use wesam::eval::auto::AutoReport;
 use wesam::model::sam_adapter::FpeLayout;
 use wesam::model::{ModelType, Precision, Sam, SamConfig};
 use wesam::profile::Profile;
@@ -159,6 +163,11 @@ pub struct AdaptArgs {
     /// End by printing one JSON object (direct and adapted scores, run directory) on stdout.
     #[arg(long)]
     json: bool,
+    /// After the run, also score the starting and the adapted model without prompts on the
+    /// evaluation split: the automatic mask generator at its defaults, as `wesam eval --prompt
+    /// none --auto` (matched mIoU, recall at IoU 0.5 and 0.75, F1 at 0.5, masks per image).
+    #[arg(long)]
+    auto: bool,
     #[arg(long, value_parser = choice::<DeviceKind>(), default_value = default_name::<DeviceKind>())]
     device: DeviceKind,
     /// What the image encoder computes in (LoRA weights, gradients, optimiser state and losses
@@ -174,6 +183,11 @@ pub struct AdaptArgs {
     /// Testing aid: stop abruptly after N steps, without a checkpoint (as a crash would).
     #[arg(long, hide = true)]
     crash_after_steps: Option<usize>,
+    /// How the ranks of a job started by `mpirun`/`srun` exchange gradients: when a launcher
+    /// started several, NCCL between CUDA devices in a `--features nccl` build, else MPI (auto);
+    /// one process (none); MPI (`--features mpi`); NCCL (`--features nccl`).
+    #[arg(long, value_parser = choice::<DistKind>(), default_value = default_name::<DistKind>())]
+    dist: DistKind,
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, for run directory names.
@@ -371,10 +385,116 @@ fn configure_run(
     Ok((cfg, run, lock))
 }
 
+/// The run's configuration and directory on every rank: rank 0 makes them (and holds the
+/// directory's lock), the others receive them, or rank 0's error.
+fn configure_job(
+    a: &AdaptArgs,
+    objective: Objective,
+    dist: &dyn Collective,
+) -> anyhow::Result<(AdaptConfig, RunDir, Option<RunLock>)> {
+    if dist.topology().world == 1 {
+        let (cfg, run, lock) = configure_run(a, objective)?;
+        return Ok((cfg, run, Some(lock)));
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    enum Job {
+        Run { config: String, dir: PathBuf },
+        Failed(String),
+    }
+    let (made, job) = if dist.topology().is_primary() {
+        let made = configure_run(a, objective);
+        let job = match &made {
+            Ok((cfg, run, _)) => Job::Run {
+                config: cfg.to_toml()?,
+                dir: run.0.clone(),
+            },
+            Err(e) => Job::Failed(format!("{e:#}")),
+        };
+        (Some(made), serde_json::to_vec(&job)?)
+    } else {
+        (None, Vec::new())
+    };
+    let job: Job = serde_json::from_slice(&broadcast_bytes(dist, job))?;
+    match (made, job) {
+        (Some(made), _) => made.map(|(cfg, run, lock)| (cfg, run, Some(lock))),
+        (None, Job::Run { config, dir }) => {
+            let cfg = AdaptConfig::from_toml(&config, "rank 0's configuration")?;
+            Ok((cfg, RunDir(dir), None))
+        }
+        (None, Job::Failed(e)) => bail!("rank 0 could not start the run: {e}"),
+    }
+}
+
+/// Tells which rank runs where, once (rank 0 prints every rank's line).
+fn print_topology(dist: &dyn Collective, device: &str) {
+    let t = dist.topology();
+    if t.world == 1 {
+        return;
+    }
+    const LINE: usize = 96;
+    let host = hostname();
+    let mut mine = format!("rank {} on {host}, {device}", t.rank).into_bytes();
+    mine.resize(LINE, b' ');
+    let all = dist.all_gather(&mine);
+    if t.is_primary() {
+        eprintln!("job: {} ranks over {}", t.world, dist.transport());
+        for line in all.chunks(LINE) {
+            eprintln!("  {}", String::from_utf8_lossy(line).trim_end());
+        }
+    }
+}
+
+/// This machine's name, for the topology lines.
+fn hostname() -> String {
+    let mut buf = [0u8; 64];
+    // SAFETY: the buffer is writable for its length, which is passed.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "?".to_string()
+    }
+}
+
 fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
     // First, so that a device that cannot be opened fails before any data is written or read.
-    let dev = a.device.open()?;
-    let (cfg, run, _lock) = configure_run(&a, objective)?;
+    let (dist, dev) = wesam::dist::open(a.dist, a.device)?;
+    let result = run_rank(&a, objective, dist.as_ref(), &dev);
+    if dist.topology().world > 1 {
+        match &result {
+            // Any rank that fails ends the job, so that no other waits for it.
+            Err(e) => {
+                eprintln!(
+                    "error: rank {}: {}",
+                    dist.topology().rank,
+                    crate::one_line(e)
+                );
+                dist.abort(crate::exit_code(e));
+            }
+            Ok(()) => dist.barrier(),
+        }
+    }
+    result
+}
+
+/// This rank's part of a run.
+fn run_rank(
+    a: &AdaptArgs,
+    objective: Objective,
+    dist: &dyn Collective,
+    dev: &candle_core::Device,
+) -> anyhow::Result<()> {
+    let topology = dist.topology();
+    let device = match dev {
+        candle_core::Device::Cpu => "cpu".to_string(),
+        _ => format!("{}:{}", name(&a.device), topology.local_rank),
+    };
+    print_topology(dist, &device);
+    let (mut cfg, run, _lock) = configure_job(a, objective, dist)?;
+    if a.resume.is_none() {
+        cfg.train.ranks = topology.world;
+    }
     if cfg.objective != objective {
         bail!(
             "{} is a `wesam {}` run; resume it with that command",
@@ -386,7 +506,7 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
             }
         );
     }
-    let mut sam = starting_model(&cfg, &dev)?;
+    let mut sam = starting_model(&cfg, dev)?;
     sam.image_encoder.set_precision(cfg.train.precision);
     let data = DatasetArgs {
         dataset: cfg.data.dataset.clone(),
@@ -397,15 +517,39 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
         severity: cfg.data.severity,
     };
     let dataset = data.open(cfg.data.options.clone())?;
+    // Checked before training, so that a mistake does not surface only after the run.
+    let auto_records = a
+        .auto
+        .then(|| auto_records(&cfg, &sam, dataset.as_ref()))
+        .transpose()?;
 
     let interrupt = super::interrupt::flag("saving a checkpoint after this step or image...");
     let ctl = RunControl {
         resume: a.resume.is_some(),
         interrupt: &interrupt,
         crash_after: a.crash_after_steps,
+        dist,
     };
-    let terminal = Terminal::default();
-    let outcome = Trainer::new(&cfg, &sam, dataset.as_ref(), &run, &terminal)?.fit(&ctl)?;
+    let (terminal, replica) = (Terminal::default(), Replica(topology.rank));
+    let observer: &dyn Observer = match topology.is_primary() {
+        true => &terminal,
+        false => &replica,
+    };
+    let Some(outcome) = Trainer::new(&cfg, &sam, dataset.as_ref(), &run, observer)?.fit(&ctl)?
+    else {
+        return Ok(());
+    };
+    let auto = match &auto_records {
+        Some(records) => Some(auto_scores(
+            &cfg,
+            &sam,
+            &run,
+            dataset.as_ref(),
+            records,
+            &interrupt,
+        )?),
+        None => None,
+    };
     eprintln!("|        | mIoU  | Dice  |");
     eprintln!("|--------|-------|-------|");
     eprintln!(
@@ -416,13 +560,102 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
         "| adapted| {:.2} | {:.2} |",
         outcome.adapted.miou, outcome.adapted.dice
     );
+    if let Some([direct, adapted]) = &auto {
+        eprintln!(
+            "\nwithout prompts (automatic masks at the default settings; {} images, {} instances):",
+            direct.images, direct.instances
+        );
+        eprintln!("{}", super::eval::auto_header("model"));
+        eprintln!("{}", super::eval::auto_row("direct", &direct.scores));
+        eprintln!("{}", super::eval::auto_row("adapted", &adapted.scores));
+    }
     match outcome.kept_epoch {
         0 => eprintln!("kept: the starting weights"),
         e => eprintln!("kept: epoch {e}"),
     }
     eprintln!("run directory: {}", outcome.out.display());
     if a.json {
-        println!("{}", serde_json::to_string(&outcome)?);
+        let [auto_direct, auto_adapted] = match &auto {
+            Some([d, a]) => [Some(d), Some(a)],
+            None => [None, None],
+        };
+        let report = JsonOutcome {
+            outcome: &outcome,
+            auto_direct,
+            auto_adapted,
+        };
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
+}
+
+/// What `--json` prints: the run's outcome, and with `--auto` the prompt-free scores.
+#[derive(serde::Serialize)]
+struct JsonOutcome<'a> {
+    #[serde(flatten)]
+    outcome: &'a Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_direct: Option<&'a AutoReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_adapted: Option<&'a AutoReport>,
+}
+
+/// The images `--auto` scores: the run's evaluation records (its split and limit, as the
+/// trainer's), refused when there are none or the model cannot take the generator's points.
+fn auto_records(
+    cfg: &AdaptConfig,
+    sam: &Sam,
+    dataset: &dyn Dataset,
+) -> anyhow::Result<Vec<Record>> {
+    AmgConfig::default().validate()?;
+    if !sam.prompt_encoder.takes_prompts() {
+        bail!("--auto prompts the model with a grid of points: this model has no prompt encoder");
+    }
+    let mut records = dataset.records(cfg.data.eval_split);
+    if let Some(n) = cfg.data.eval_limit {
+        records.truncate(n);
+    }
+    if records.is_empty() {
+        bail!(
+            "--auto: the {} split of `{}` has no images to score",
+            name(&cfg.data.eval_split),
+            dataset.name()
+        );
+    }
+    Ok(records)
+}
+
+/// `--auto`: the automatic mask generator's scores (default settings) on `records` of the
+/// starting model and of the run's merged weights, loaded as a user loads them.
+fn auto_scores(
+    cfg: &AdaptConfig,
+    sam: &Sam,
+    run: &RunDir,
+    dataset: &dyn Dataset,
+    records: &[Record],
+    interrupt: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<[AutoReport; 2]> {
+    let generator = AmgConfig::default();
+    let score = |which: &str, model: &Sam| {
+        let what = format!("auto: {which}");
+        super::eval::auto_report(
+            &what,
+            model,
+            None,
+            dataset,
+            records,
+            &generator,
+            &[],
+            interrupt,
+        )
+        .with_context(|| format!("--auto: scoring the {which} model without prompts"))
+    };
+    let direct = score("direct", sam)?;
+    let mut adapted = Sam::load(&run.merged(), None, cfg.model.image_size, &sam.device)?;
+    if let Some(layout) = cfg.model.fpe_layout {
+        adapted.set_fpe_layout(layout)?;
+    }
+    adapted.image_encoder.set_precision(cfg.train.precision);
+    let adapted = score("adapted", &adapted)?;
+    Ok([direct, adapted])
 }

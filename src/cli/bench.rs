@@ -8,13 +8,12 @@ use anyhow::Context;
 use candle_core::{DType, Tensor};
 use candle_nn::Optimizer;
 use image::{GrayImage, Luma, Rgb, RgbImage};
-use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 
 use super::choice::{choice, default_name, name};
 use wesam::adapt::config::AdaptConfig;
 use wesam::adapt::optim::Adam;
-use wesam::adapt::step::{batch_gradients, StepModels};
+use wesam::adapt::step::{batch_gradients, StepModels, StepSample};
 use wesam::data::{Instance, Sample};
 use wesam::device::DeviceKind;
 use wesam::model::{Lora, LoraConfig, ModelType, Precision, Sam, SamConfig};
@@ -175,11 +174,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     lora: Some(&lora),
                     teacher: Some(&lora),
                 };
-                let mut rng = StdRng::seed_from_u64(step);
+                let image = StepSample {
+                    sample: sample.clone(),
+                    seed: step,
+                    position: 0,
+                };
                 step += 1;
-                let (grads, _) =
-                    batch_gradients(&cfg, models, &mut [sample.clone()], &lora_vars, &mut rng)?
-                        .context("the step's image has no instance")?;
+                let (grads, _) = batch_gradients(&cfg, models, &mut [image], &lora_vars)?
+                    .context("the step's image has no instance")?;
                 opt.step(&grads)?;
             }
             Pass::Forward => {

@@ -12,6 +12,7 @@ use wesam::adapt::config::{DataConfig, TrainConfig};
 use wesam::data::loader::load_parallel;
 use wesam::data::prompts::{PromptConfig, PromptKind};
 use wesam::data::Split;
+use wesam::eval::auto::{evaluate_auto, AutoReport, AutoScores};
 use wesam::eval::{evaluate, EvalConfig, EvalReport};
 use wesam::profile::Profile;
 use wesam::progress::Progress;
@@ -197,29 +198,22 @@ fn run_auto(
     records: &[wesam::data::Record],
     generator: &wesam::amg::AmgConfig,
 ) -> anyhow::Result<()> {
-    use wesam::eval::auto::{calibration_grid, evaluate_auto};
     let sweep = if a.calibrate {
-        calibration_grid()
+        wesam::eval::auto::calibration_grid()
     } else {
         Vec::new()
     };
-    let terminal = Terminal::default();
     let interrupt = super::interrupt::flag("stopping before the next image...");
-    terminal.begin("eval --auto", records.len(), 0);
-    let samples = load_parallel(dataset, records, wesam::data::loader::default_chunk())
-        .take_while(|_| !interrupt.load(Ordering::SeqCst));
-    let report = evaluate_auto(sam, lora, samples, generator, &sweep, &terminal);
-    terminal.end(report.is_ok());
-    if interrupt.load(Ordering::SeqCst) {
-        return Err(super::interrupt::Stopped(
-            "interrupted: no scores reported (a part of the split is not the split)".into(),
-        )
-        .into());
-    }
-    let report = report?;
-    for s in &report.skipped {
-        eprintln!("skipped {}: {}", s.file, s.reason);
-    }
+    let report = auto_report(
+        "eval --auto",
+        sam,
+        lora,
+        dataset,
+        records,
+        generator,
+        &sweep,
+        &interrupt,
+    )?;
     if a.json {
         println!(
             "{}",
@@ -232,16 +226,6 @@ fn run_auto(
         );
         return Ok(());
     }
-    let row = |what: &str, s: &wesam::eval::auto::AutoScores| {
-        println!(
-            "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
-            100.0 * s.matched_iou,
-            100.0 * s.recall_50,
-            100.0 * s.recall_75,
-            100.0 * s.f1_50,
-            s.masks
-        );
-    };
     println!(
         "{} images, {} instances ({}, {} split)\n",
         report.images,
@@ -249,17 +233,75 @@ fn run_auto(
         dataset.name(),
         name(&a.split)
     );
-    println!("| thresholds | matched mIoU | recall@0.5 | recall@0.75 | F1@0.5 | masks per image |");
-    println!("|---|---|---|---|---|---|");
-    row(
-        &format!(
-            "predicted IoU {}, stability {}",
-            generator.pred_iou_thresh, generator.stability_score_thresh
-        ),
-        &report.scores,
+    println!("{}", auto_header("thresholds"));
+    println!(
+        "{}",
+        auto_row(
+            &format!(
+                "predicted IoU {}, stability {}",
+                generator.pred_iou_thresh, generator.stability_score_thresh
+            ),
+            &report.scores,
+        )
     );
     if let Some((iou, stability, s)) = report.best() {
-        row(&format!("best of the sweep: {iou:.3}, {stability:.3}"), s);
+        println!(
+            "{}",
+            auto_row(&format!("best of the sweep: {iou:.3}, {stability:.3}"), s)
+        );
     }
     Ok(())
+}
+
+/// The automatic mask generator's scores of `sam` (with `lora`) on `records`, under a progress
+/// bar named `what`, stopping before the next image once `interrupt` is set; the images that
+/// failed to load are listed on standard error (`eval --auto`, `adapt --auto`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn auto_report(
+    what: &str,
+    sam: &wesam::model::Sam,
+    lora: Option<&wesam::model::Lora>,
+    dataset: &dyn wesam::data::Dataset,
+    records: &[wesam::data::Record],
+    generator: &wesam::amg::AmgConfig,
+    sweep: &[(f64, f64)],
+    interrupt: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<AutoReport> {
+    let terminal = Terminal::default();
+    terminal.begin(what, records.len(), 0);
+    let samples = load_parallel(dataset, records, wesam::data::loader::default_chunk())
+        .take_while(|_| !interrupt.load(Ordering::SeqCst));
+    let report = evaluate_auto(sam, lora, samples, generator, sweep, &terminal);
+    terminal.end(report.is_ok());
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(super::interrupt::Stopped(
+            "interrupted: no scores reported (a part of the split is not the split)".into(),
+        )
+        .into());
+    }
+    let report = report?;
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.file, s.reason);
+    }
+    Ok(report)
+}
+
+/// The header of a table of automatic-mask scores whose first column is `first`.
+pub(super) fn auto_header(first: &str) -> String {
+    format!(
+        "| {first} | matched mIoU | recall@0.5 | recall@0.75 | F1@0.5 | masks per image |\n\
+         |---|---|---|---|---|---|"
+    )
+}
+
+/// One row of that table: the scores in percent, the masks per image.
+pub(super) fn auto_row(what: &str, s: &AutoScores) -> String {
+    format!(
+        "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+        100.0 * s.matched_iou,
+        100.0 * s.recall_50,
+        100.0 * s.recall_75,
+        100.0 * s.f1_50,
+        s.masks
+    )
 }

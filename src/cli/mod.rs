@@ -113,6 +113,8 @@ mod tests {
             "device",
             "crash_after_steps",
             "kernels",
+            "auto",
+            "dist",
             "help",
         ];
         for arg in adapt.get_arguments() {

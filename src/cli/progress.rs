@@ -72,3 +72,17 @@ impl Observer for Terminal {
         }
     }
 }
+
+/// What a rank other than 0 shows of a run: no progress (rank 0 draws it), only the warnings
+/// about its own share (a file it could not load), named by rank.
+pub struct Replica(pub usize);
+
+impl Progress for Replica {}
+
+impl Observer for Replica {
+    fn event(&self, event: &Event) {
+        if event.is_warning() {
+            eprintln!("rank {}: {event}", self.0);
+        }
+    }
+}

@@ -10,7 +10,7 @@ pub mod corrupt;
 pub mod datasets;
 pub mod loader;
 pub mod mask;
-mod pixel;
+pub(crate) mod pixel;
 pub mod prompts;
 pub mod split;
 pub mod synth;

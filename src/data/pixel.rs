@@ -1,7 +1,10 @@
 //! Per-pixel arithmetic shared by the augmentations and the corruptions, reproducing the
 //! libraries the reference runs bit for bit: OpenCV's and scipy's border indexing, numpy's and
 //! OpenCV's casts to bytes, OpenCV's fused multiply-adds and its uint8 HLS conversion, and
-//! skimage's float HSV conversion.
+//! skimage's float HSV conversion; and PIL's 8-bit resampling (box and bilinear), which the
+//! pixelate corruption and the model's preprocessing use.
+
+use image::RgbImage;
 
 /// How a filter reads outside the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +165,98 @@ pub(super) fn hsv_to_rgb([h, s, v]: [f64; 3]) -> [f64; 3] {
     }
 }
 
+/// A resampling filter of PIL's `Image.resize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PilFilter {
+    /// `Image.BOX`.
+    Box,
+    /// `Image.BILINEAR` (antialiased when reducing), what torchvision's `resize` of a PIL image
+    /// and so SAM's `ResizeLongestSide.apply_image` use.
+    Bilinear,
+}
+
+impl PilFilter {
+    fn support(self) -> f64 {
+        match self {
+            PilFilter::Box => 0.5,
+            PilFilter::Bilinear => 1.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            PilFilter::Box if x > -0.5 && x <= 0.5 => 1.0,
+            PilFilter::Bilinear if x.abs() < 1.0 => 1.0 - x.abs(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Fixed-point precision of PIL's 8-bit resampling coefficients.
+const PIL_PRECISION_BITS: u32 = 22;
+
+/// PIL's `precompute_coeffs` and `normalize_coeffs_8bpc`: for every output sample, its first
+/// input index and its weights in 8-bit fixed point.
+fn pil_coeffs(n_in: usize, n_out: usize, filter: PilFilter) -> Vec<(usize, Vec<i64>)> {
+    let scale = n_in as f64 / n_out as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter.support() * filter_scale;
+    let ss = 1.0 / filter_scale;
+    (0..n_out)
+        .map(|i| {
+            let centre = (i as f64 + 0.5) * scale;
+            let min = ((centre - support + 0.5) as i64).max(0) as usize;
+            let max = ((centre + support + 0.5) as i64).min(n_in as i64) as usize;
+            let w: Vec<f64> = (min..max.max(min))
+                .map(|j| filter.weight((j as f64 - centre + 0.5) * ss))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let v = v * (1u64 << PIL_PRECISION_BITS) as f64;
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i64
+                })
+                .collect();
+            (min, fixed)
+        })
+        .collect()
+}
+
+/// One pass of PIL's 8-bit resampling, along x (`horizontal`) or y, to `n_out` samples.
+fn pil_resample(img: &RgbImage, n_out: u32, horizontal: bool, filter: PilFilter) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let n_in = if horizontal { w } else { h };
+    if n_in == n_out {
+        return img.clone();
+    }
+    let coeffs = pil_coeffs(n_in as usize, n_out as usize, filter);
+    let (ow, oh) = if horizontal { (n_out, h) } else { (w, n_out) };
+    RgbImage::from_fn(ow, oh, |x, y| {
+        let (start, k) = &coeffs[if horizontal { x } else { y } as usize];
+        let mut acc = [1i64 << (PIL_PRECISION_BITS - 1); 3];
+        for (j, &kj) in k.iter().enumerate() {
+            let src = (*start + j) as u32;
+            let p = if horizontal {
+                img.get_pixel(src, y)
+            } else {
+                img.get_pixel(x, src)
+            };
+            for (a, &v) in acc.iter_mut().zip(&p.0) {
+                *a += v as i64 * kj;
+            }
+        }
+        image::Rgb(acc.map(|a| (a >> PIL_PRECISION_BITS).clamp(0, 255) as u8))
+    })
+}
+
+/// PIL's `Image.resize((w, h), filter)` of an RGB image, bit for bit: the horizontal pass,
+/// rounded to bytes, then the vertical one.
+pub(crate) fn pil_resize(img: &RgbImage, w: u32, h: u32, filter: PilFilter) -> RgbImage {
+    pil_resample(&pil_resample(img, w, true, filter), h, false, filter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +286,33 @@ mod tests {
             }
         }
         assert!((1..=8).contains(&worst), "worst round-trip error {worst}");
+    }
+
+    /// Checksums (`Σ vᵢ·(i mod 251 + 1)` over the flattened bytes) of Pillow 13's
+    /// `Image.resize(size, Image.BILINEAR)` of a 40 × 36 pattern: up, down and one side only.
+    #[test]
+    fn bilinear_resize_matches_pil() {
+        let img = RgbImage::from_fn(40, 36, |x, y| {
+            image::Rgb([
+                ((x * 37 + y * 11) % 256) as u8,
+                ((x * y) % 256) as u8,
+                ((x * 5 + y * 71) % 256) as u8,
+            ])
+        });
+        let checksum = |img: &RgbImage| -> u64 {
+            img.as_raw()
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v as u64 * (i as u64 % 251 + 1))
+                .sum()
+        };
+        for ((w, h), want) in [
+            ((61, 50), 138_915_598),
+            ((23, 17), 17_180_682),
+            ((40, 13), 23_230_210),
+        ] {
+            let got = checksum(&pil_resize(&img, w, h, PilFilter::Bilinear));
+            assert_eq!(got, want, "{w} x {h}");
+        }
     }
 }

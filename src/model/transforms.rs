@@ -3,12 +3,13 @@
 //! Two preprocessings: the official predictor's (resize the longest side, normalise with SAM's
 //! pixel mean/std, pad bottom/right) and the reference adaptation code's ([0, 1] values without
 //! mean/std, centred padding; `docs/method.md` §6.1). Both resize bilinearly with antialiasing, as
-//! torchvision's `resize` of a PIL image does.
+//! torchvision's `resize` of a PIL image does, bit for bit (PIL's 8-bit fixed point).
 
 use candle_core::{Device, Result, Tensor};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::data::pixel::{pil_resize, PilFilter};
 use crate::ops::resize::{resize_2d, Interpolation};
 
 /// SAM's pixel mean on the 0-255 scale, subtracted in preprocessing.
@@ -85,12 +86,7 @@ pub fn preprocess(
 ) -> Result<(Tensor, Frame)> {
     let frame = Frame::new((img.height() as usize, img.width() as usize), size, mode);
     let (rh, rw) = frame.resized;
-    let resized = image::imageops::resize(
-        img,
-        rw as u32,
-        rh as u32,
-        image::imageops::FilterType::Triangle,
-    );
+    let resized = pil_resize(img, rw as u32, rh as u32, PilFilter::Bilinear);
     let (top, left) = frame.offset;
     let mut data = vec![0f32; 3 * size * size];
     for (x, y, p) in resized.enumerate_pixels() {

@@ -147,3 +147,23 @@ pub fn wesam(args: &[&str]) -> Output {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Image `index` of the generated source domain (seed 5) at 64², with its instances.
+pub fn synth_sample(index: u64) -> wesam::data::Sample {
+    use wesam::data::mask::{bounding_box, instances_by_value};
+    use wesam::data::synth::{render, Domain};
+    let (image, labels) = render(Domain::Source, 5, index, 64).unwrap();
+    let instances = instances_by_value(&labels)
+        .into_iter()
+        .filter_map(|mask| {
+            let bbox = bounding_box(&mask)?;
+            Some(wesam::data::Instance { mask, bbox })
+        })
+        .collect();
+    wesam::data::Sample {
+        id: index.to_string(),
+        image_path: "<generated>".into(),
+        image,
+        instances,
+    }
+}

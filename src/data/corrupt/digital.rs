@@ -5,8 +5,10 @@ use image::RgbImage;
 use rand::{rngs::StdRng, Rng};
 
 use super::field::{numpy_sum, Field};
-use super::filters::{gaussian_filter, Axis};
-use crate::data::pixel::{hsv_to_rgb, rgb_to_hsv, unit_to_byte, unit_to_byte_f32, Border};
+use super::filters::gaussian_filter;
+use crate::data::pixel::{
+    hsv_to_rgb, pil_resize, rgb_to_hsv, unit_to_byte, unit_to_byte_f32, Border, PilFilter,
+};
 
 /// HSV value + c.
 pub(super) fn brightness(img: &RgbImage, s: usize) -> RgbImage {
@@ -120,75 +122,8 @@ pub(super) fn pixelate(img: &RgbImage, s: usize) -> RgbImage {
         ((w as f64 * c) as u32).max(1),
         ((h as f64 * c) as u32).max(1),
     );
-    let small = pil_box_resample(&pil_box_resample(img, sw, Axis::X), sh, Axis::Y);
+    let small = pil_resize(img, sw, sh, PilFilter::Box);
     pil_nearest(&small, w, h)
-}
-
-/// Fixed-point precision of PIL's 8-bit resampling coefficients.
-const PIL_PRECISION_BITS: u32 = 22;
-
-/// PIL's `precompute_coeffs` for the box filter, as 8-bit fixed point: for every output sample
-/// its first input index and weights.
-fn pil_box_coeffs(n_in: usize, n_out: usize) -> Vec<(usize, Vec<i64>)> {
-    let scale = n_in as f64 / n_out as f64;
-    let filter_scale = scale.max(1.0);
-    let support = 0.5 * filter_scale;
-    (0..n_out)
-        .map(|i| {
-            let centre = (i as f64 + 0.5) * scale;
-            let min = ((centre - support + 0.5) as i64).max(0) as usize;
-            let max = ((centre + support + 0.5) as i64).min(n_in as i64) as usize;
-            let w: Vec<f64> = (min..max.max(min))
-                .map(|j| {
-                    let t = (j as f64 - centre + 0.5) / filter_scale;
-                    if t > -0.5 && t <= 0.5 {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let total: f64 = w.iter().sum();
-            let fixed = w
-                .iter()
-                .map(|&v| {
-                    let v = if total != 0.0 { v / total } else { v };
-                    (v * (1u64 << PIL_PRECISION_BITS) as f64 + 0.5) as i64
-                })
-                .collect();
-            (min, fixed)
-        })
-        .collect()
-}
-
-/// One pass of PIL's 8-bit box resampling along `axis` to `n_out` samples.
-fn pil_box_resample(img: &RgbImage, n_out: u32, axis: Axis) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let n_in = if axis == Axis::X { w } else { h };
-    if n_in == n_out {
-        return img.clone();
-    }
-    let coeffs = pil_box_coeffs(n_in as usize, n_out as usize);
-    let (ow, oh) = if axis == Axis::X {
-        (n_out, h)
-    } else {
-        (w, n_out)
-    };
-    RgbImage::from_fn(ow, oh, |x, y| {
-        let (start, k) = &coeffs[if axis == Axis::X { x } else { y } as usize];
-        let mut acc = [1i64 << (PIL_PRECISION_BITS - 1); 3];
-        for (j, &kj) in k.iter().enumerate() {
-            let src = (*start + j) as u32;
-            let p = match axis {
-                Axis::X => img.get_pixel(src, y),
-                Axis::Y => img.get_pixel(x, src),
-            };
-            for (a, &v) in acc.iter_mut().zip(&p.0) {
-                *a += v as i64 * kj;
-            }
-        }
-        image::Rgb(acc.map(|a| (a >> PIL_PRECISION_BITS).clamp(0, 255) as u8))
-    })
 }
 
 /// PIL's `NEAREST` resize (affine scaling with the source position accumulated in float64).
