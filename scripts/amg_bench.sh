@@ -6,8 +6,8 @@
 # adapted by WeSAM to the camouflage domain with box prompts; each
 # scored by `wesam eval --prompt none --auto` (the automatic mask generator at the official
 # defaults, its masks matched to the instances) on the source and camouflage test splits; then
-# with the thresholds `--calibrate` picks on camouflage's validation split. 11 minutes on 2 CPU
-# cores when it trained that model itself.
+# with the thresholds `--calibrate` picks on camouflage's validation split. 12.5 minutes on 2 CPU
+# cores.
 #   bash scripts/amg_bench.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

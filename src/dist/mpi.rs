@@ -38,6 +38,13 @@ impl Mpi {
             world: world.size() as usize,
             local_rank: local.rank() as usize,
         };
+        if let Some(launched) = super::launcher_world().filter(|&n| n != topology.world) {
+            bail!(
+                "the launcher's environment says {launched} ranks, but MPI sees {}: start the job \
+                 with the mpirun (or srun --mpi) of the MPI this wesam was built with",
+                topology.world
+            );
+        }
         Ok(Self {
             world,
             topology,
