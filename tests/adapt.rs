@@ -159,16 +159,7 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
     use wesam::adapt::losses::PixelBalance;
     use wesam::adapt::step::{batch_gradients, image_loss, StepModels, StepSample};
 
-    let dev = Device::Cpu;
-    let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
-    let lora = Lora::new(&sam.config, &LoraConfig::default(), 3, &dev).unwrap();
-    // B starts at zero, which would leave A without gradient.
-    for (name, v) in lora.named_vars() {
-        if name.ends_with("b_q") || name.ends_with("b_v") {
-            v.set(&(v.as_tensor().randn_like(0.0, 0.05).unwrap()))
-                .unwrap();
-        }
-    }
+    let (sam, lora) = common::tiny_sam_with_lora();
     let vars: Vec<(String, Tensor)> = lora
         .named_vars()
         .into_iter()

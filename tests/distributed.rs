@@ -8,8 +8,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
-use common::fixture_dir;
+use candle_core::Tensor;
 
 /// The gradients and loss terms of the exchange (`replica_gradients` on one rank: every
 /// image's gradients written, read back and summed in batch order) equal `batch_gradients`', bit
@@ -20,15 +19,8 @@ fn the_gradient_exchange_reproduces_one_process_gradients_bit_for_bit() {
     use wesam::adapt::config::AdaptConfig;
     use wesam::adapt::data_parallel::replica_gradients;
     use wesam::adapt::step::{batch_gradients, StepModels, StepSample};
-    use wesam::model::{Lora, LoraConfig, Sam};
 
-    let dev = Device::Cpu;
-    let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
-    let lora = Lora::new(&sam.config, &LoraConfig::default(), 3, &dev).unwrap();
-    for (_, v) in lora.named_vars() {
-        v.set(&(v.as_tensor().randn_like(0.0, 0.05).unwrap()))
-            .unwrap();
-    }
+    let (sam, lora) = common::tiny_sam_with_lora();
     let vars: Vec<Tensor> = lora
         .named_vars()
         .iter()
