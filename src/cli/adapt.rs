@@ -465,12 +465,12 @@ fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
         match &result {
             // Any rank that fails ends the job, so that no other waits for it.
             Err(e) => {
-                eprintln!(
-                    "error: rank {}: {}",
-                    dist.topology().rank,
-                    crate::one_line(e)
-                );
-                dist.abort(crate::exit_code(e));
+                let (rank, code) = (dist.topology().rank, crate::exit_code(e));
+                match code {
+                    130 => eprintln!("rank {rank}: {e}"),
+                    _ => eprintln!("error: rank {rank}: {}", crate::one_line(e)),
+                }
+                dist.abort(code);
             }
             Ok(()) => dist.barrier(),
         }
