@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::config::AdaptConfig;
 use super::loss_terms::LossTerms;
@@ -39,9 +39,6 @@ impl Bytes {
     fn f64(&mut self, v: f64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn f32s(&mut self, v: &[f32]) {
-        self.0.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-    }
 }
 
 /// A reader over [`Bytes`].
@@ -61,12 +58,6 @@ impl Reader<'_> {
     }
     fn f64(&mut self) -> f64 {
         f64::from_le_bytes(self.take())
-    }
-    fn f32s(&mut self, n: usize) -> impl Iterator<Item = f32> + '_ {
-        let (head, rest) = self.0.split_at(4 * n);
-        self.0 = rest;
-        head.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 }
 
@@ -123,12 +114,26 @@ pub fn replica_gradients(
         image_gradients(cfg, models, &work, (n_total, total_balance), vars)?
     };
 
-    // Every image's gradients, at its slot: a presence byte, one per variable, the loss terms,
-    // then each present variable's gradient.
+    // What every image of the batch left, at its slot: a presence byte, one per variable, the
+    // loss terms; its gradients go in `local`, all variables' in a row (zeros where absent), so
+    // that on GPUs they stay on the device.
     let sizes: Vec<usize> = vars.iter().map(Tensor::elem_count).collect();
+    let offsets: Vec<usize> = sizes
+        .iter()
+        .scan(0, |at, n| {
+            *at += n;
+            Some(*at - n)
+        })
+        .collect();
+    let row = sizes.iter().sum::<usize>();
     let terms = loss_values(&LossTerms::default()).len();
-    let slot_bytes = 1 + vars.len() + 8 * terms + 4 * sizes.iter().sum::<usize>();
+    let slot_bytes = 1 + vars.len() + 8 * terms;
+    let device = vars
+        .first()
+        .map_or(&candle_core::Device::Cpu, Tensor::device);
+    let zeros = |n: usize| Tensor::zeros(n, DType::F32, device);
     let mut mine = Bytes::default();
+    let mut local = Vec::with_capacity(per_rank);
     mine.u8(u8::from(interrupt.load(Ordering::SeqCst)));
     let mut images = work.iter().map(|w| slots[w.0]).zip(&per_image).peekable();
     for slot in 0..per_rank {
@@ -136,32 +141,35 @@ pub fn replica_gradients(
         match images.next_if(|(s, _)| *s == slot) {
             Some((_, (grads, log))) => {
                 mine.u8(1);
-                let present: Vec<Option<Tensor>> =
-                    vars.iter().map(|v| grads.get(v).cloned()).collect();
-                for g in &present {
+                let mut flat = Vec::with_capacity(vars.len());
+                for (v, &n) in vars.iter().zip(&sizes) {
+                    let g = grads.get(v);
                     mine.u8(u8::from(g.is_some()));
+                    flat.push(match g {
+                        Some(g) => g.flatten_all()?.to_dtype(DType::F32)?,
+                        None => zeros(n)?,
+                    });
                 }
                 for v in loss_values(log) {
                     mine.f64(v);
                 }
-                for g in present.iter().flatten() {
-                    mine.f32s(
-                        &g.flatten_all()?
-                            .to_dtype(candle_core::DType::F32)?
-                            .to_vec1()?,
-                    );
-                }
+                local.push(Tensor::cat(&flat, 0)?);
             }
-            None => mine.u8(0),
+            None => {
+                mine.u8(0);
+                local.push(zeros(row)?);
+            }
         }
         mine.0.resize(start + slot_bytes, 0);
     }
+    let local = Tensor::cat(&local, 0)?;
     let started = Instant::now();
     let all = dist.all_gather(&mine.0);
+    let gathered = dist.all_gather_tensor(&local)?;
     let rank_bytes = mine.0.len();
 
     // The sum in global batch order, as one process takes it.
-    let mut sums: Vec<Option<Vec<f32>>> = vec![None; vars.len()];
+    let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut log = LossTerms::default();
     for position in 0..batch {
         let (rank, slot) = (position % world, position / world);
@@ -174,12 +182,16 @@ pub fn replica_gradients(
         let values: Vec<f64> = (0..terms).map(|_| r.f64()).collect();
         let mut next = values.iter();
         log.add(&log.map(|_| next.next().copied().unwrap_or(0.0)));
-        for (i, _) in present.iter().enumerate().filter(|(_, p)| **p) {
-            let g = r.f32s(sizes[i]);
-            match &mut sums[i] {
-                Some(sum) => sum.iter_mut().zip(g).for_each(|(s, g)| *s += g),
-                none => *none = Some(g.collect()),
-            }
+        let image = (rank * per_rank + slot) * row;
+        for (i, v) in vars.iter().enumerate().filter(|(i, _)| present[*i]) {
+            let g = gathered
+                .narrow(0, image + offsets[i], sizes[i])?
+                .reshape(v.shape())?
+                .to_dtype(v.dtype())?;
+            sums[i] = Some(match sums[i].take() {
+                Some(sum) => sum.add(&g)?,
+                None => g,
+            });
         }
     }
     if all.chunks_exact(rank_bytes).any(|c| c[0] == 1) {
@@ -192,7 +204,7 @@ pub fn replica_gradients(
     let mut grads = GradStore::default();
     for (v, sum) in vars.iter().zip(sums) {
         if let Some(sum) = sum {
-            grads.insert(v, Tensor::from_vec(sum, v.shape(), v.device())?);
+            grads.insert(v, sum);
         }
     }
     Ok(Some((grads, log)))

@@ -20,7 +20,7 @@ use wesam::data::corrupt::Corruption;
 use wesam::data::prompts::PromptKind;
 use wesam::data::{Dataset, Record, Split};
 use wesam::device::DeviceKind;
-use wesam::dist::{broadcast_bytes, Collective, DistKind};
+use wesam::dist::{broadcast_bytes, Collective, DistKind, DistOptions};
 use wesam::eval::auto::AutoReport;
 use wesam::model::sam_adapter::FpeLayout;
 use wesam::model::{ModelType, Precision, Sam, SamConfig};
@@ -188,6 +188,26 @@ pub struct AdaptArgs {
     /// one process (none); MPI (`--features mpi`); NCCL (`--features nccl`).
     #[arg(long, value_parser = choice::<DistKind>(), default_value = default_name::<DistKind>())]
     dist: DistKind,
+    /// `file://PATH`: NCCL ranks that no MPI started (torchrun-style `RANK`, `WORLD_SIZE`,
+    /// `LOCAL_RANK`, or `srun` without MPI) meet at PATH, a file that must not exist yet, on
+    /// storage every rank sees; rank 0 removes it once all have joined.
+    #[arg(long, value_name = "file://PATH", value_parser = wesam::dist::parse_init)]
+    dist_init: Option<std::path::PathBuf>,
+    /// Seconds an NCCL rank waits for the others (at the rendezvous, in an exchange, while rank
+    /// 0 evaluates) before it ends the job as hung.
+    #[arg(long, value_name = "SECONDS", default_value_t = wesam::dist::DEFAULT_TIMEOUT.as_secs())]
+    dist_timeout: u64,
+}
+
+impl AdaptArgs {
+    /// How the job's ranks are joined.
+    fn dist_options(&self) -> DistOptions {
+        DistOptions {
+            kind: self.dist,
+            init: self.dist_init.clone(),
+            timeout: std::time::Duration::from_secs(self.dist_timeout),
+        }
+    }
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC, for run directory names.
@@ -459,7 +479,7 @@ fn hostname() -> String {
 
 fn run_objective(a: AdaptArgs, objective: Objective) -> anyhow::Result<()> {
     // First, so that a device that cannot be opened fails before any data is written or read.
-    let (dist, dev) = wesam::dist::open(a.dist, a.device)?;
+    let (dist, dev) = wesam::dist::open(&a.dist_options(), a.device)?;
     let result = run_rank(&a, objective, dist.as_ref(), &dev);
     if dist.topology().world > 1 {
         match &result {

@@ -5,16 +5,24 @@
 //! adapt ...`): one process per rank, each on its own device. [`Collective`] is what training
 //! needs from the transport; [`Single`] is the one-process job (every existing run), and
 //! [`mpi::Mpi`] (cargo feature `mpi`) the MPI one, [`nccl::Nccl`] (feature `nccl`) NCCL between
-//! GPUs over ranks MPI starts. Training's use of it (the batch split by
+//! GPUs, over ranks MPI starts or ranks any launcher starts that meet through a file
+//! ([`rendezvous`]). Training's use of it (the batch split by
 //! sample index, the gradients folded in sample order) is in [`crate::adapt::data_parallel`].
 
+pub mod launcher;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod rendezvous;
 
-use anyhow::Result;
-use candle_core::Device;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub use launcher::launcher_world;
 
 use crate::device::DeviceKind;
 use serde::{Deserialize, Serialize};
@@ -49,10 +57,27 @@ impl Topology {
 pub trait Collective {
     fn topology(&self) -> Topology;
     /// What carries the exchanges, for the job's first lines.
-    fn transport(&self) -> &'static str;
+    fn transport(&self) -> String;
     /// Every rank's `local` (the same length on every rank), concatenated in rank order, on
     /// every rank.
     fn all_gather(&self, local: &[u8]) -> Vec<u8>;
+    /// Every rank's `local` (the same number of elements on every rank) as f32, concatenated
+    /// in rank order into one vector on `local`'s device. Through host memory here; NCCL
+    /// gathers GPU tensors on the device.
+    fn all_gather_tensor(&self, local: &Tensor) -> Result<Tensor> {
+        let values = local
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let all: Vec<f32> = self
+            .all_gather(&bytes)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let n = all.len();
+        Ok(Tensor::from_vec(all, n, local.device())?)
+    }
     /// Rank 0's `data` on every rank (the same length on every rank).
     fn broadcast(&self, data: &mut [u8]);
     /// Waits for every rank without keeping a core busy (rank 0 may evaluate for minutes while
@@ -70,8 +95,8 @@ impl Collective for Single {
     fn topology(&self) -> Topology {
         Topology::SINGLE
     }
-    fn transport(&self) -> &'static str {
-        "nothing (one process)"
+    fn transport(&self) -> String {
+        "nothing (one process)".into()
     }
     fn all_gather(&self, local: &[u8]) -> Vec<u8> {
         local.to_vec()
@@ -109,35 +134,52 @@ pub enum DistKind {
     Nccl,
 }
 
-/// The job's size as the launcher's environment gives it (`mpirun` of Open MPI, MPICH's
-/// Hydra, Slurm's `srun`, or `WORLD_SIZE`), if any launcher set it.
-pub fn launcher_world() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "SLURM_NTASKS",
-        "WORLD_SIZE",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
+/// How a job's ranks are joined (`--dist`, `--dist-init`, `--dist-timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistOptions {
+    /// The transport.
+    pub kind: DistKind,
+    /// Where NCCL ranks that no MPI started meet: the `PATH` of `--dist-init file://PATH`.
+    pub init: Option<PathBuf>,
+    /// How long an NCCL rank waits for the others (at the rendezvous, in an exchange, at a
+    /// barrier while rank 0 evaluates) before it ends the job as hung.
+    pub timeout: Duration,
+}
+
+/// An NCCL rank's longest wait for the others: PyTorch's former default, long enough for rank
+/// 0's evaluation of a large split.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The `PATH` of `--dist-init file://PATH`.
+pub fn parse_init(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("file://") {
+        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(format!(
+            "`{s}`: give file://PATH, a file on storage every rank sees (MPI ranks need none)"
+        )),
+    }
 }
 
 /// Opens the job's transport and this rank's device (GPU `local_rank` of its machine): the
-/// transport `kind` names, or for `auto`, when a launcher started several ranks, NCCL between
-/// CUDA devices in a build that has it and MPI otherwise.
-pub fn open(kind: DistKind, device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
+/// transport `opts.kind` names, or for `auto`, when a launcher started several ranks, NCCL
+/// between CUDA devices in a build that has it (or when ranks meet through a file) and MPI
+/// otherwise.
+pub fn open(opts: &DistOptions, device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
     let launched = launcher_world().unwrap_or(1);
     let nccl = cfg!(feature = "nccl") && device == DeviceKind::Cuda;
-    match kind {
+    match opts.kind {
         DistKind::None => Ok((Box::new(Single), device.open()?)),
         DistKind::Auto if launched <= 1 => Ok((Box::new(Single), device.open()?)),
-        DistKind::Auto if nccl => open_nccl(device),
+        DistKind::Auto if nccl || opts.init.is_some() => open_nccl(opts, device),
+        DistKind::Mpi if opts.init.is_some() => {
+            bail!("--dist-init joins NCCL ranks; MPI joins its ranks itself: leave it out")
+        }
         DistKind::Auto | DistKind::Mpi => {
             let mpi = open_mpi(launched)?;
             let dev = device.open_ordinal(mpi.topology().local_rank)?;
             Ok((mpi, dev))
         }
-        DistKind::Nccl => open_nccl(device),
+        DistKind::Nccl => open_nccl(opts, device),
     }
 }
 
@@ -149,26 +191,38 @@ fn open_mpi(_launched: usize) -> Result<Box<dyn Collective>> {
 #[cfg(not(feature = "mpi"))]
 fn open_mpi(launched: usize) -> Result<Box<dyn Collective>> {
     if launched > 1 {
-        anyhow::bail!(
+        bail!(
             "the launcher started {launched} ranks, but this wesam was built without MPI: \
              rebuild with `--features mpi` (or run one process with --dist none)"
         )
     }
-    anyhow::bail!("--dist mpi: this wesam was built without MPI: rebuild with `--features mpi`")
+    bail!("--dist mpi: this wesam was built without MPI: rebuild with `--features mpi`")
 }
 
 #[cfg(feature = "nccl")]
-fn open_nccl(device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
-    let mpi = mpi::Mpi::init()?;
-    let dev = device.open_ordinal(mpi.topology().local_rank)?;
-    Ok((Box::new(nccl::Nccl::init(mpi, &dev)?), dev))
+fn open_nccl(opts: &DistOptions, device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
+    use nccl::{Bootstrap, Nccl};
+    let boot = match &opts.init {
+        None => Bootstrap::Mpi(mpi::Mpi::init()?),
+        Some(path) => Bootstrap::File {
+            rendezvous: rendezvous::FileRendezvous::new(path),
+            topology: launcher::launcher_topology(&|k| std::env::var(k).ok())?
+                .unwrap_or(Topology::SINGLE),
+        },
+    };
+    let dev = device.open_ordinal(boot.topology().local_rank)?;
+    Ok((Box::new(Nccl::init(boot, &dev, opts.timeout)?), dev))
 }
 
 #[cfg(not(feature = "nccl"))]
-fn open_nccl(_device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
-    anyhow::bail!(
-        "--dist nccl: this wesam was built without NCCL: rebuild with `--features nccl` (which \
-         brings cuda and mpi)"
+fn open_nccl(opts: &DistOptions, _device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
+    let why = match opts.init {
+        Some(_) => "--dist-init joins NCCL ranks, but",
+        None => "--dist nccl:",
+    };
+    bail!(
+        "{why} this wesam was built without NCCL: rebuild with `--features nccl` (which brings \
+         cuda and mpi)"
     )
 }
 
@@ -182,5 +236,27 @@ mod tests {
         assert_eq!(s.all_gather(&[1, 2, 3]), vec![1, 2, 3]);
         assert_eq!(broadcast_bytes(&s, vec![4, 5]), vec![4, 5]);
         assert!(s.topology().is_primary());
+    }
+
+    #[test]
+    fn the_host_gather_of_one_rank_keeps_every_value() {
+        let t = Tensor::new(&[[1.5f32, -2.0], [3.25, f32::MIN_POSITIVE]], &Device::Cpu).unwrap();
+        let all = Single.all_gather_tensor(&t).unwrap();
+        assert_eq!(
+            all.to_vec1::<f32>().unwrap(),
+            vec![1.5, -2.0, 3.25, f32::MIN_POSITIVE]
+        );
+    }
+
+    #[test]
+    fn dist_init_takes_file_paths_only() {
+        assert_eq!(
+            parse_init("file:///shared/job-7"),
+            Ok("/shared/job-7".into())
+        );
+        assert!(parse_init("tcp://10.0.0.1:29500")
+            .unwrap_err()
+            .contains("file://PATH"));
+        assert!(parse_init("file://").is_err());
     }
 }

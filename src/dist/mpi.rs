@@ -58,8 +58,8 @@ impl Collective for Mpi {
         self.topology
     }
 
-    fn transport(&self) -> &'static str {
-        "MPI"
+    fn transport(&self) -> String {
+        "MPI".into()
     }
 
     fn all_gather(&self, local: &[u8]) -> Vec<u8> {
