@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds wesam with `--features cuda` on any Linux x86-64 machine, GPU or not, and checks the
 # binary: it links against the CUDA libraries, starts, and refuses `--device cuda` cleanly where
-# no GPU can be opened. Where MPI is installed it first builds `--features nccl` too (NCCL
-# between GPU ranks; wesam-nccl beside the binary) and checks that it links libnccl and MPI.
+# no GPU can be opened. It first builds `--features nccl` too (NCCL between GPU ranks, with
+# `mpi` where MPI is installed; wesam-nccl beside the binary) and checks that it links libnccl
+# (and MPI) and that a job it cannot start fails in one line.
 # `.ci/run` runs it so that the GPU build never rots.
 #
 #   bash scripts/build_cuda.sh          # CI: the toolkit's compiler plus link stubs (≈ 127 MB)
@@ -80,18 +81,19 @@ fi
 # 3. The build. candle's kernels compile once per target directory (most of a cold build).
 export PATH="$cu/bin:$PATH" CUDA_HOME="$cu" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
-nccl_bin=""
+nccl_features=nccl nccl_libs="libnccl.so.2 libcuda.so.1"
 if command -v mpirun > /dev/null; then
-  CARGO_TARGET_DIR="$target" cargo build --release --locked --features nccl
-  nccl_bin="$target/release/wesam-nccl"
-  cp "$target/release/wesam" "$nccl_bin"
-  needed=$(readelf -d "$nccl_bin" | grep NEEDED)
-  for lib in libnccl.so.2 libmpi.so libcuda.so.1; do
-    grep -q "$lib" <<<"$needed" || { echo "build_cuda: wesam-nccl does not link $lib" >&2; exit 1; }
-  done
+  nccl_features=nccl,mpi nccl_libs="$nccl_libs libmpi.so"
 else
-  echo "build_cuda: no MPI here (mpirun): the nccl feature is not built" >&2
+  echo "build_cuda: no MPI here (mpirun): NCCL ranks of this build meet through --dist-init" >&2
 fi
+CARGO_TARGET_DIR="$target" cargo build --release --locked --features "$nccl_features"
+nccl_bin="$target/release/wesam-nccl"
+cp "$target/release/wesam" "$nccl_bin"
+needed=$(readelf -d "$nccl_bin" | grep NEEDED)
+for lib in $nccl_libs; do
+  grep -q "$lib" <<<"$needed" || { echo "build_cuda: wesam-nccl does not link $lib" >&2; exit 1; }
+done
 CARGO_TARGET_DIR="$target" cargo build --release --locked --features cuda
 bin="$target/release/wesam"
 built=$(date +%s)
@@ -114,20 +116,29 @@ else
   libs="$run_dir:$cu/lib"
 fi
 LD_LIBRARY_PATH="$libs" "$bin" --help >/dev/null
-[ -z "$nccl_bin" ] || LD_LIBRARY_PATH="$libs" "$nccl_bin" --help > /dev/null
-if [ "$libs" != "$cu/lib" ]; then
+LD_LIBRARY_PATH="$libs" "$nccl_bin" --help > /dev/null
+# One line and exit 1, no panic, from a command that cannot run (no GPU; a rank of a job).
+expect_one_line() { # expect_one_line WHAT PATTERN COMMAND...
+  local what=$1 pattern=$2 out rc
+  shift 2
   set +e
-  out=$(LD_LIBRARY_PATH="$libs" "$bin" bench forward --model-type vit-b --image-size 64 \
-    --device cuda 2>&1)
+  out=$(LD_LIBRARY_PATH="$libs" "$@" 2>&1)
   rc=$?
   set -e
-  if [ "$rc" != 1 ] || [ "$(wc -l <<<"$out")" != 1 ] || ! grep -q "CUDA" <<<"$out"; then
-    echo "build_cuda: --device cuda without a GPU should fail with one line and exit 1;" \
-      "got exit $rc:" >&2
+  if [ "$rc" != 1 ] || [ "$(wc -l <<<"$out")" != 1 ] || ! grep -q "$pattern" <<<"$out"; then
+    echo "build_cuda: $what should fail with one line and exit 1; got exit $rc:" >&2
     echo "$out" >&2
     exit 1
   fi
-  echo "build_cuda: --device cuda without a GPU: $out" >&2
+  echo "build_cuda: $what: $out" >&2
+}
+if [ "$libs" != "$cu/lib" ]; then
+  # A rank of a two-rank job whose peer never writes the rendezvous file.
+  RANK=1 WORLD_SIZE=2 LOCAL_RANK=0 expect_one_line "an NCCL rank without a GPU" "CUDA" \
+    "$nccl_bin" adapt --dist nccl --dist-init "file://$run_dir/rendezvous" --dist-timeout 5 \
+    --device cuda --dataset "$run_dir/none" --checkpoint "$run_dir/none.safetensors" --prompt box
+  expect_one_line "--device cuda without a GPU" "CUDA" \
+    "$bin" bench forward --model-type vit-b --image-size 64 --device cuda
 fi
 echo "build_cuda: built in $((built - start)) s, checked in $(($(date +%s) - built)) s" >&2
 echo "$bin"

@@ -11,9 +11,11 @@
 #    (scripts/bench_torch.py), each with its peak GPU memory (nvidia-smi, sampled every 100 ms);
 # 4. measures evaluation throughput (images/s, box prompts) of `wesam eval` and of the official
 #    SamPredictor (scripts/eval_torch.py) on the same generated images and random ViT-B weights;
-# 5. where MPI and the NCCL build (wesam-nccl of scripts/build_cuda.sh --full) are there, a
-#    one-rank NCCL job: `mpirun -np 1 wesam-nccl adapt --dist nccl` builds the communicator,
-#    checks it with an all-gather on the GPU and trains an epoch of the small bundled model.
+# 5. where the NCCL build (wesam-nccl of scripts/build_cuda.sh --full) is there, one-rank NCCL
+#    jobs that build the communicator, check it with an all-gather on the GPU and train an epoch
+#    of the small bundled model: started by `mpirun -np 1` (where MPI is installed) and joined
+#    through `--dist-init file://` without MPI; then the gradient exchange gathered on the
+#    device against one process's gradients (tests/distributed.rs, bit for bit).
 #
 # Writes OUT_DIR/results.json (every measurement), OUT_DIR/table.md (the summary) and the logs.
 # The Python side (torch, torchvision, segment-anything) is installed into a virtual environment
@@ -127,21 +129,37 @@ fi
 
 # --- 5. NCCL, one rank ------------------------------------------------------------------------------
 nccl_bin="${CARGO_TARGET_DIR:-target}/release/wesam-nccl"
-if [ "$device" = cuda ] && [ -x "$nccl_bin" ] && command -v mpirun > /dev/null; then
-  log "NCCL: one rank"
+nccl_check() { # nccl_check LABEL LOG COMMAND...: one line in results.json
+  local label=$1 log_file=$2
+  shift 2
+  if LD_LIBRARY_PATH="$nccl_lib:${LD_LIBRARY_PATH:-}" "$@" > "$out/$log_file" 2>&1; then
+    echo "{\"label\": \"$label\", \"passed\": true}" >> "$out/results.json"
+  else
+    echo "{\"label\": \"$label\", \"passed\": false}" >> "$out/results.json"
+    stage_failed "$label"
+  fi
+}
+if [ "$device" = cuda ] && [ -x "$nccl_bin" ]; then
   nccl_lib=$(echo "${WESAM_CUDA_HOME:-$HOME/.cache/wesam/cuda-13.4}"/lib/python3*/site-packages/nvidia/nccl/lib)
   "$bin" synth --domain source --count 8 --seed 3 --out "$out/nccl-data" > /dev/null 2>&1
-  if LD_LIBRARY_PATH="$nccl_lib:${LD_LIBRARY_PATH:-}" mpirun --allow-run-as-root -x LD_LIBRARY_PATH \
-      -np 1 "$nccl_bin" adapt --dist nccl --device cuda --dataset "$out/nccl-data" \
-      --checkpoint models/source-synth.safetensors --prompt box --epochs 1 --eval-limit 1 \
-      --out "$out/nccl-run" > "$out/nccl.log" 2>&1; then
-    echo '{"label": "nccl-one-rank", "passed": true}' >> "$out/results.json"
-  else
-    echo '{"label": "nccl-one-rank", "passed": false}' >> "$out/results.json"
-    stage_failed "nccl"
+  job=(adapt --dist nccl --device cuda --dataset "$out/nccl-data" --prompt box --epochs 1
+    --checkpoint models/source-synth.safetensors --eval-limit 1)
+  nccl_features=nccl
+  if command -v mpirun > /dev/null; then
+    nccl_features=nccl,mpi
+    log "NCCL: one rank started by mpirun"
+    nccl_check nccl-mpirun nccl-mpirun.log mpirun --allow-run-as-root -x LD_LIBRARY_PATH -np 1 \
+      "$nccl_bin" "${job[@]}" --out "$out/nccl-mpirun"
   fi
+  log "NCCL: one rank joined through a rendezvous file, without MPI"
+  nccl_check nccl-file nccl-file.log env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \
+    "$nccl_bin" "${job[@]}" --dist-init "file://$out/nccl-rendezvous" --out "$out/nccl-file"
+  [ ! -e "$out/nccl-rendezvous" ] || stage_failed "nccl-file (the rendezvous file was left)"
+  log "NCCL: the exchange on the device against one process's gradients"
+  nccl_check nccl-gather nccl-gather.log cargo test --release --features "$nccl_features" \
+    --test distributed nccl_on_one_gpu
 else
-  log "NCCL: skipped (needs a GPU, mpirun and the wesam-nccl build of build_cuda.sh --full)"
+  log "NCCL: skipped (needs a GPU and the wesam-nccl build of build_cuda.sh --full)"
 fi
 
 # --- the summary ---------------------------------------------------------------------------------
@@ -177,8 +195,10 @@ print("\n| evaluation (box prompts) | images | images/s |\n|---|---|---|")
 for label in ["eval-pytorch", "eval-wesam"]:
     d = rows.get(label)
     print(f"| {label} | {d['images']} | {d['images_per_second']:.2f} |" if d else f"| {label} | failed | |")
-nccl = rows.get("nccl-one-rank")
-print("\nNCCL, one rank: " + ("skipped" if nccl is None else "passed" if nccl["passed"] else "FAILED (nccl.log)"))
+for label, what in [("nccl-mpirun", "started by mpirun"), ("nccl-file", "joined through a file"),
+                    ("nccl-gather", "device gather = one process")]:
+    d = rows.get(label)
+    print(f"\nNCCL, one rank, {what}: " + ("skipped" if d is None else "passed" if d["passed"] else f"FAILED ({label}.log)"))
 parity = open(f"{out}/parity.log").read()
 print("\nparity tests: " + ("passed" if "test result: ok" in parity else "FAILED (parity.log)"))
 if failed:

@@ -159,7 +159,7 @@ fn parallel_batch_gradients_equal_one_backward_of_the_summed_loss() {
     use wesam::adapt::losses::PixelBalance;
     use wesam::adapt::step::{batch_gradients, image_loss, StepModels, StepSample};
 
-    let (sam, lora) = common::tiny_sam_with_lora();
+    let (sam, lora) = common::tiny_sam_with_lora(&candle_core::Device::Cpu);
     let vars: Vec<(String, Tensor)> = lora
         .named_vars()
         .into_iter()

@@ -8,19 +8,43 @@
 
 mod common;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 /// The gradients and loss terms of the exchange (`replica_gradients` on one rank: every
 /// image's gradients written, read back and summed in batch order) equal `batch_gradients`', bit
 /// for bit, with a hole in the batch (an image that failed to load).
 #[test]
 fn the_gradient_exchange_reproduces_one_process_gradients_bit_for_bit() {
+    exchange_matches_one_process(&Device::Cpu, &wesam::dist::Single);
+}
+
+/// The same through NCCL on one GPU (run by `scripts/gpu_check.sh`; it needs a GPU and the
+/// NCCL library): a one-rank communicator joined through a rendezvous file, which rank 0
+/// removes, and the gradients gathered on the device.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_on_one_gpu_reproduces_one_process_gradients_bit_for_bit() {
+    use wesam::dist::nccl::{Bootstrap, Nccl};
+    use wesam::dist::rendezvous::FileRendezvous;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rendezvous");
+    let dev = Device::new_cuda(0).unwrap();
+    let boot = Bootstrap::File {
+        rendezvous: FileRendezvous::new(&path),
+        topology: wesam::dist::Topology::SINGLE,
+    };
+    let nccl = Nccl::init(boot, &dev, std::time::Duration::from_secs(60)).unwrap();
+    assert!(!path.exists(), "the rendezvous file outlived the join");
+    exchange_matches_one_process(&dev, &nccl);
+}
+
+fn exchange_matches_one_process(dev: &Device, dist: &dyn wesam::dist::Collective) {
     use std::sync::atomic::AtomicBool;
     use wesam::adapt::config::AdaptConfig;
     use wesam::adapt::data_parallel::replica_gradients;
     use wesam::adapt::step::{batch_gradients, StepModels, StepSample};
 
-    let (sam, lora) = common::tiny_sam_with_lora();
+    let (sam, lora) = common::tiny_sam_with_lora(dev);
     let vars: Vec<Tensor> = lora
         .named_vars()
         .iter()
@@ -47,7 +71,6 @@ fn the_gradient_exchange_reproduces_one_process_gradients_bit_for_bit() {
     let (want, want_log) = batch_gradients(&cfg, models, &mut batch(), &vars)
         .unwrap()
         .unwrap();
-    let single = wesam::dist::Single;
     let interrupt = AtomicBool::new(false);
     let mut exchange = std::time::Duration::ZERO;
     let (got, got_log) = replica_gradients(
@@ -56,7 +79,7 @@ fn the_gradient_exchange_reproduces_one_process_gradients_bit_for_bit() {
         &mut batch(),
         3,
         &vars,
-        &single,
+        dist,
         &interrupt,
         &mut exchange,
     )
@@ -65,9 +88,52 @@ fn the_gradient_exchange_reproduces_one_process_gradients_bit_for_bit() {
     assert_eq!(got_log, want_log);
     for (i, v) in vars.iter().enumerate() {
         let (g, w) = (got.get(v).unwrap(), want.get(v).unwrap());
+        assert!(g.device().same_device(w.device()));
         assert!(common::max_abs(w) > 0.0, "variable {i} has no gradient");
         assert!(bits(g) == bits(w), "variable {i} differs");
     }
+}
+
+/// A job this build cannot join stops before it reads or writes anything, in one line that says
+/// why: ranks told to meet through a file in a build without NCCL, a file rendezvous for MPI
+/// ranks, and an address that is not a file.
+#[cfg(not(feature = "nccl"))]
+#[test]
+fn a_job_this_build_cannot_join_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendezvous = format!("file://{}", dir.path().join("rendezvous").display());
+    let out = dir.path().join("run");
+    let adapt = |extra: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_wesam"))
+            .args(["adapt", "--dataset", "kvasir", "--prompt", "box", "--out"])
+            .arg(&out)
+            .args(extra)
+            .envs([("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "0")])
+            .output()
+            .unwrap();
+        (o.status.code(), common::stderr(&o))
+    };
+    for (extra, code, says) in [
+        (&["--dist-init", &rendezvous][..], 1, "--features nccl"),
+        (
+            &["--dist", "mpi", "--dist-init", &rendezvous][..],
+            1,
+            "MPI joins its ranks itself",
+        ),
+        (
+            &["--dist-init", "tcp://10.0.0.1:29500"][..],
+            2,
+            "give file://PATH",
+        ),
+    ] {
+        let (got, err) = adapt(extra);
+        assert_eq!(got, Some(code), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        if code == 1 {
+            assert_eq!(err.trim().lines().count(), 1, "{extra:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 /// A tensor's f32 values as bits.

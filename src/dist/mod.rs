@@ -203,7 +203,13 @@ fn open_mpi(launched: usize) -> Result<Box<dyn Collective>> {
 fn open_nccl(opts: &DistOptions, device: DeviceKind) -> Result<(Box<dyn Collective>, Device)> {
     use nccl::{Bootstrap, Nccl};
     let boot = match &opts.init {
+        #[cfg(feature = "mpi")]
         None => Bootstrap::Mpi(mpi::Mpi::init()?),
+        #[cfg(not(feature = "mpi"))]
+        None => bail!(
+            "NCCL ranks meet through MPI or through a file: give --dist-init file://PATH, or \
+             rebuild with `--features nccl,mpi` and start the job with mpirun"
+        ),
         Some(path) => Bootstrap::File {
             rendezvous: rendezvous::FileRendezvous::new(path),
             topology: launcher::launcher_topology(&|k| std::env::var(k).ok())?
@@ -222,7 +228,7 @@ fn open_nccl(opts: &DistOptions, _device: DeviceKind) -> Result<(Box<dyn Collect
     };
     bail!(
         "{why} this wesam was built without NCCL: rebuild with `--features nccl` (which brings \
-         cuda and mpi)"
+         cuda; add mpi to start NCCL ranks with mpirun)"
     )
 }
 

@@ -1,8 +1,8 @@
-//! The NCCL transport (cargo feature `nccl`, with `cuda` and `mpi`): GPU ranks exchange over
-//! NCCL (NVLink, InfiniBand) on their device's stream. The ranks are joined either by MPI
-//! (`mpirun`/`srun`: MPI broadcasts NCCL's unique id, waits at barriers, ends the job when a
-//! rank fails) or, without MPI, through a rendezvous file (`--dist-init file://PATH`, rank and
-//! world from the launcher's environment). Gradients are gathered on the device; a rank waits
+//! The NCCL transport (cargo feature `nccl`, with `cuda`): GPU ranks exchange over NCCL
+//! (NVLink, InfiniBand) on their device's stream. The ranks are joined either by MPI (a build
+//! with `mpi` too, under `mpirun`/`srun --mpi`: MPI broadcasts NCCL's unique id, waits at
+//! barriers, ends the job when a rank fails) or, without MPI, through a rendezvous file
+//! (`--dist-init file://PATH`, rank and world from the launcher's environment). Gradients are gathered on the device; a rank waits
 //! for each exchange by polling an event, never spinning a core, and ends the job when the
 //! others have not answered within the timeout (a rank died or hangs).
 
@@ -16,6 +16,7 @@ use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
+#[cfg(feature = "mpi")]
 use super::mpi::Mpi;
 use super::rendezvous::FileRendezvous;
 use super::{Collective, Topology};
@@ -29,6 +30,7 @@ const ID_BYTES: usize = 128;
 /// How the ranks of an NCCL job find each other.
 pub enum Bootstrap {
     /// MPI started the ranks: it carries the unique id and the barriers.
+    #[cfg(feature = "mpi")]
     Mpi(Mpi),
     /// Another launcher started them: rank 0 writes the unique id to a file the others read.
     File {
@@ -41,6 +43,7 @@ impl Bootstrap {
     /// This rank's place in the job.
     pub fn topology(&self) -> Topology {
         match self {
+            #[cfg(feature = "mpi")]
             Bootstrap::Mpi(mpi) => mpi.topology(),
             Bootstrap::File { topology, .. } => *topology,
         }
@@ -56,6 +59,7 @@ pub struct Nccl {
     timeout: Duration,
     transport: String,
     // Last: MPI is finalised after the communicator is destroyed.
+    #[cfg(feature = "mpi")]
     mpi: Option<Mpi>,
 }
 
@@ -75,10 +79,14 @@ impl Nccl {
                 *b = *c as u8;
             }
         }
-        let (mpi, rendezvous, transport) = match boot {
+        #[cfg(feature = "mpi")]
+        let mut launcher = None;
+        let (rendezvous, transport) = match boot {
+            #[cfg(feature = "mpi")]
             Bootstrap::Mpi(mpi) => {
                 mpi.broadcast(&mut id);
-                (Some(mpi), None, "NCCL (started by MPI)".to_string())
+                launcher = Some(mpi);
+                (None, "NCCL (started by MPI)".to_string())
             }
             Bootstrap::File { rendezvous, .. } => {
                 if topology.is_primary() {
@@ -87,24 +95,29 @@ impl Nccl {
                     id.copy_from_slice(&rendezvous.wait(ID_BYTES, timeout)?);
                 }
                 let how = format!("NCCL (joined at {})", rendezvous.path().display());
-                (None, Some(rendezvous), how)
+                (Some(rendezvous), how)
             }
         };
-        let made = Self::connect(id, cuda.cuda_stream(), topology, timeout, transport, mpi);
+        #[allow(unused_mut)]
+        let mut made = Self::connect(id, cuda.cuda_stream(), topology, timeout, transport);
         // Every rank has joined (or the job failed): the file can serve the next job.
         if let (Some(r), true) = (&rendezvous, topology.is_primary()) {
             r.remove()?;
         }
+        #[cfg(feature = "mpi")]
+        if let Ok(nccl) = &mut made {
+            nccl.mpi = launcher;
+        }
         made
     }
 
+    /// The communicator of the ranks that share `id`, checked.
     fn connect(
         id: [u8; ID_BYTES],
         stream: Arc<CudaStream>,
         topology: Topology,
         timeout: Duration,
         transport: String,
-        mpi: Option<Mpi>,
     ) -> Result<Self> {
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
         let comm = Comm::from_rank(stream.clone(), topology.rank, topology.world, id)
@@ -115,7 +128,8 @@ impl Nccl {
             topology,
             timeout,
             transport,
-            mpi,
+            #[cfg(feature = "mpi")]
+            mpi: None,
         };
         let ranks = nccl.all_gather(&[topology.rank as u8]);
         if ranks.iter().enumerate().any(|(i, &r)| r != i as u8) {
@@ -244,6 +258,7 @@ impl Collective for Nccl {
     }
 
     fn barrier(&self) {
+        #[cfg(feature = "mpi")]
         if let Some(mpi) = &self.mpi {
             return mpi.barrier();
         }
@@ -259,10 +274,11 @@ impl Collective for Nccl {
         if let Some(comm) = self.comm.try_borrow_mut().ok().and_then(|mut c| c.take()) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(comm)));
         }
-        match &self.mpi {
-            Some(mpi) => mpi.abort(code),
-            // The launcher ends the other ranks, or they end at their own timeout.
-            None => std::process::exit(code),
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi {
+            mpi.abort(code)
         }
+        // The launcher ends the other ranks, or they end at their own timeout.
+        std::process::exit(code)
     }
 }

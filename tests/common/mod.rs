@@ -170,11 +170,10 @@ pub fn synth_sample(index: u64) -> wesam::data::Sample {
 
 /// The tiny fixture model and rank-4 LoRA adapters (seed 3) whose B is random instead of zero,
 /// so that every adapter tensor has a gradient.
-pub fn tiny_sam_with_lora() -> (wesam::model::Sam, wesam::model::Lora) {
+pub fn tiny_sam_with_lora(dev: &Device) -> (wesam::model::Sam, wesam::model::Lora) {
     use wesam::model::{Lora, LoraConfig, Sam};
-    let dev = Device::Cpu;
-    let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, &dev).unwrap();
-    let lora = Lora::new(&sam.config, &LoraConfig::default(), 3, &dev).unwrap();
+    let sam = Sam::load(&fixture_dir().join("model.safetensors"), None, None, dev).unwrap();
+    let lora = Lora::new(&sam.config, &LoraConfig::default(), 3, dev).unwrap();
     for (name, v) in lora.named_vars() {
         if name.ends_with("b_q") || name.ends_with("b_v") {
             v.set(&(v.as_tensor().randn_like(0.0, 0.05).unwrap()))
