@@ -130,7 +130,8 @@ pub enum DistKind {
     None,
     /// MPI ranks (a build with `--features mpi`); GPU gradients go through host memory.
     Mpi,
-    /// NCCL between GPU ranks that MPI starts (a build with `--features nccl`).
+    /// NCCL between GPU ranks that MPI starts or that meet through `--dist-init` (a build with
+    /// `--features nccl`).
     Nccl,
 }
 
