@@ -115,6 +115,8 @@ mod tests {
             "kernels",
             "auto",
             "dist",
+            "dist_init",
+            "dist_timeout",
             "help",
         ];
         for arg in adapt.get_arguments() {
