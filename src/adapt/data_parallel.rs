@@ -4,7 +4,9 @@
 //! loss is normalised by the whole batch's; after the backward passes every rank gathers every
 //! image's gradients and sums them in batch order, as one process sums its batch
 //! ([`super::step::batch_gradients`]). So a job ends with the same weights, bit for bit,
-//! whatever the number of ranks, and every rank takes the same optimiser step.
+//! whatever the number of ranks, and every rank takes the same optimiser step. The gradients
+//! travel as one f32 tensor per rank ([`Collective::all_gather_tensor`]), which NCCL gathers
+//! without leaving the GPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -120,8 +120,16 @@ impl Nccl {
         transport: String,
     ) -> Result<Self> {
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
-        let comm = Comm::from_rank(stream.clone(), topology.rank, topology.world, id)
-            .map_err(|e| anyhow!("cannot build the NCCL communicator: {e:?}"))?;
+        // NCCL builds the communicator on the thread's current device: this rank's.
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| anyhow!("cannot use the GPU for NCCL: {e:?}"))?;
+        // NCCL waits for every rank to connect, with no limit of its own.
+        let joined = within(timeout, topology, || {
+            Comm::from_rank(stream.clone(), topology.rank, topology.world, id)
+        });
+        let comm = joined.map_err(|e| anyhow!("cannot build the NCCL communicator: {e:?}"))?;
         let nccl = Self {
             comm: RefCell::new(Some(comm)),
             stream,
@@ -184,6 +192,29 @@ impl Nccl {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// `f()`, or the end of the process with an error when it has not returned within `timeout` (a
+/// call that waits for the other ranks, some of which never came).
+fn within<T>(timeout: Duration, topology: Topology, f: impl FnOnce() -> T) -> T {
+    let (done, waiting) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if waiting.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!(
+                "error: rank {}: not every one of the {} ranks joined the NCCL communicator \
+                 within {} s: a rank did not start, died, or uses another --dist-init \
+                 (--dist-timeout sets the wait)",
+                topology.rank,
+                topology.world,
+                timeout.as_secs()
+            );
+            std::process::exit(1)
+        }
+    });
+    let out = f();
+    drop(done);
+    let _ = watchdog.join();
+    out
 }
 
 /// NCCL's all-gather of a contiguous f32 GPU tensor, as a candle operation, so that the result
