@@ -183,9 +183,8 @@ pub struct AdaptArgs {
     /// Testing aid: stop abruptly after N steps, without a checkpoint (as a crash would).
     #[arg(long, hide = true)]
     crash_after_steps: Option<usize>,
-    /// How the ranks of a job started by `mpirun`/`srun` exchange gradients: when a launcher
-    /// started several, NCCL between CUDA devices in a `--features nccl` build, else MPI (auto);
-    /// one process (none); MPI (`--features mpi`); NCCL (`--features nccl`).
+    /// How the ranks of a job started by a launcher (`mpirun`, `srun`, torchrun-style) exchange
+    /// gradients.
     #[arg(long, value_parser = choice::<DistKind>(), default_value = default_name::<DistKind>())]
     dist: DistKind,
     /// `file://PATH`: NCCL ranks that no MPI started (torchrun-style `RANK`, `WORLD_SIZE`,

@@ -123,7 +123,8 @@ pub fn broadcast_bytes(c: &dyn Collective, data: Vec<u8>) -> Vec<u8> {
 #[serde(rename_all = "lowercase")]
 #[derive(strum::VariantArray, strum::EnumMessage)]
 pub enum DistKind {
-    /// MPI when a launcher started several ranks, else one process.
+    /// When a launcher started several ranks: NCCL between CUDA devices in a build that has it
+    /// (or with `--dist-init`), else MPI; otherwise one process.
     #[default]
     Auto,
     /// One process, whatever the launcher says.
