@@ -100,9 +100,13 @@ impl Nccl {
         };
         #[allow(unused_mut)]
         let mut made = Self::connect(id, cuda.cuda_stream(), topology, timeout, transport);
-        // Every rank has joined (or the job failed): the file can serve the next job.
+        // Every rank has joined (or the job failed, whose error is the one to report): the file
+        // can serve the next job.
         if let (Some(r), true) = (&rendezvous, topology.is_primary()) {
-            r.remove()?;
+            let removed = r.remove();
+            if made.is_ok() {
+                removed?;
+            }
         }
         #[cfg(feature = "mpi")]
         if let Ok(nccl) = &mut made {
