@@ -194,7 +194,8 @@ pub struct AdaptArgs {
     dist_init: Option<std::path::PathBuf>,
     /// Seconds an NCCL rank waits for the others (at the rendezvous, in an exchange, while rank
     /// 0 evaluates) before it ends the job as hung.
-    #[arg(long, value_name = "SECONDS", default_value_t = wesam::dist::DEFAULT_TIMEOUT.as_secs())]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..),
+          default_value_t = wesam::dist::DEFAULT_TIMEOUT.as_secs())]
     dist_timeout: u64,
 }
 
